@@ -1,0 +1,360 @@
+"""The one config object that flows through the trainer: dataclasses, YAML in and out, presets,
+and command-line overrides such as ``algo.rho0=0.5``."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bapo.loss import AGG_MODES, BAPOConfig, FixedClip
+
+ALGOS = ("grpo", "clip-higher", "bapo", "bapo-official", "fixed")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "embedded"  # "embedded", a local folder, or a hub name
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"  # see bapo.tasks.make_task
+    path: str | None = None  # data file for file-backed tasks
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the task constructor
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"  # hf | vllm
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 8
+    batch_size: int = 256  # sequences per generation batch (hf engine)
+    gpu_memory_utilization: float = 0.4  # vllm engine
+    enable_sleep_mode: bool = True  # vllm engine
+
+
+@dataclass
+class AlgoConfig:
+    """Which clip rule: GRPO [0.8, 1.2], clip-higher [0.8, 1.28], BAPO (paper or official), or a
+    fixed clip with ``c_low``/``c_high``.  BAPO fields follow :class:`bapo.BAPOConfig`."""
+
+    name: str = "bapo"
+    c_low: float = 0.8  # for name == "fixed"
+    c_high: float = 1.2
+    rho0: float = 0.4
+    a_minus: float = 0.6
+    b_minus: float = 0.9
+    a_plus: float = 1.2
+    b_plus: float = 3.0
+    delta1: float = 0.05
+    delta2: float = 0.02
+    order: str = "paper"
+    contribution: str = "gradient"
+    target: str = "share"
+    rollout_weight: bool = True
+    dual_clip: float | None = None
+    agg: str = "token-mean"
+    scale_advantages: bool = True
+
+    def clip_rule(self) -> FixedClip | BAPOConfig:
+        if self.name == "grpo":
+            return FixedClip(0.8, 1.2, self.dual_clip)
+        if self.name == "clip-higher":
+            return FixedClip(0.8, 1.28, self.dual_clip)
+        if self.name == "fixed":
+            return FixedClip(self.c_low, self.c_high, self.dual_clip)
+        keys = [f.name for f in fields(BAPOConfig)]
+        if self.name == "bapo-official":
+            return BAPOConfig.official()
+        if self.name == "bapo":
+            return BAPOConfig(**{k: getattr(self, k) for k in keys})
+        raise ValueError(f"algo.name={self.name!r} is not allowed: use one of {', '.join(ALGOS)}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 40
+    prompts_per_step: int = 8
+    group_size: int = 8  # G completions per prompt
+    epochs: int = 1  # E passes over each rollout batch
+    mini_batches: int = 1  # M optimizer steps per epoch; staleness reaches E*M - 1
+    micro_batch_size: int = 64  # sequences per forward/backward (gradient accumulation)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    logprob_chunk: int = 4096  # tokens per LM-head chunk
+    max_nonfinite: int = 3  # consecutive non-finite losses before the run stops (with a checkpoint)
+    seed: int = 0
+
+
+@dataclass
+class OffPolicyConfig:
+    """The paper's other staleness sources (Section 5.3), on top of E x M updates per batch."""
+
+    replay_fraction: float = 0.0  # share of each update batch drawn from the replay buffer
+    replay_size: int = 512  # samples the buffer keeps at most
+    replay_max_age: int = 8  # policy versions; older samples are evicted
+    partial_budget: int = 0  # tokens a completion may grow per step (0: whole rollouts)
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/bapo"
+    save_every: int = 0  # 0: only at the end (and on Ctrl-C / abort)
+    keep_checkpoints: int = 2
+    eval_every: int = 10  # 0: never
+    eval_size: int = 128
+    tensorboard: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    preset: str = "cpu-tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    offpolicy: OffPolicyConfig = field(default_factory=OffPolicyConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ------------------------------------------------------------------------------------------
+    def validate(self) -> Config:
+        """Check every field a run depends on; errors name the field and what is allowed."""
+        t = self.train
+        for name in ("steps", "prompts_per_step", "epochs", "mini_batches", "micro_batch_size"):
+            if getattr(t, name) < 1:
+                raise ValueError(f"train.{name}={getattr(t, name)} is out of range: allowed >= 1")
+        if t.group_size < 2:
+            raise ValueError(
+                f"train.group_size={t.group_size} is out of range: allowed >= 2 (GRPO needs a group)"
+            )
+        batch = t.prompts_per_step * t.group_size
+        if batch % t.mini_batches:
+            raise ValueError(
+                f"train.mini_batches={t.mini_batches} does not divide the rollout batch of"
+                f" {batch} sequences (prompts_per_step * group_size)"
+            )
+        mini = batch // t.mini_batches
+        if mini % t.micro_batch_size and t.micro_batch_size < mini:
+            raise ValueError(
+                f"train.micro_batch_size={t.micro_batch_size} does not divide the mini-batch of"
+                f" {mini} sequences"
+            )
+        if not t.lr > 0:
+            raise ValueError(f"train.lr={t.lr} is out of range: allowed (0, inf)")
+        if self.algo.agg not in AGG_MODES:
+            raise ValueError(f"algo.agg={self.algo.agg!r} is not allowed: use one of {AGG_MODES}")
+        self.algo.clip_rule()  # validates the bounds / BAPO fields
+        if self.rollout.engine not in ("hf", "vllm"):
+            raise ValueError(f"rollout.engine={self.rollout.engine!r} is not allowed: hf or vllm")
+        self.sampling()  # validates temperature, top_p, top_k, max_new_tokens
+        o = self.offpolicy
+        if not 0 <= o.replay_fraction < 1:
+            raise ValueError(
+                f"offpolicy.replay_fraction={o.replay_fraction} is out of range: allowed [0, 1)"
+            )
+        if o.replay_size < 1:
+            raise ValueError(f"offpolicy.replay_size={o.replay_size} is out of range: allowed >= 1")
+        if o.replay_max_age < 0:
+            raise ValueError(
+                f"offpolicy.replay_max_age={o.replay_max_age} is out of range: allowed >= 0"
+            )
+        if o.partial_budget < 0:
+            raise ValueError(
+                f"offpolicy.partial_budget={o.partial_budget} is out of range: allowed 0 (off) or"
+                f" 1..rollout.max_new_tokens"
+            )
+        return self
+
+    def sampling(self):
+        from bapo.rollout.base import SamplingParams
+
+        r = self.rollout
+        return SamplingParams(r.temperature, r.top_p, r.top_k, r.max_new_tokens)
+
+    @property
+    def staleness(self) -> int:
+        """Policy updates each rollout batch sees (E * M)."""
+        return self.train.epochs * self.train.mini_batches
+
+    # --- YAML and overrides -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Config:
+        return _build(cls, data, prefix="")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Config:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {p} must hold a mapping at the top level")
+        return cls.from_dict(data)
+
+    def override(self, assignments: list[str]) -> Config:
+        """Apply ``section.field=value`` strings (values parsed as YAML scalars)."""
+        data = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like section.field=value")
+            key, raw = item.split("=", 1)
+            node = data
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(node, dict) or part not in node:
+                    raise ValueError(f"override {key!r}: unknown section {part!r}")
+                node = node[part]
+            leaf = parts[-1]
+            if not isinstance(node, dict) or (leaf not in node and parts[0] != "task"):
+                raise ValueError(f"override {key!r}: unknown field {leaf!r}")
+            node[leaf] = yaml.safe_load(raw) if raw != "" else None
+        return Config.from_dict(data)
+
+
+def _plain(x):
+    if isinstance(x, tuple):
+        return list(x)
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {', '.join(prefix + u for u in sorted(unknown))};"
+            f" allowed: {', '.join(prefix + k for k in known)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, name: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args or hint is Any:
+            return None
+        raise ValueError(f"{name} must not be empty")
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name) if len(inner) == 1 else value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name}={value!r} must be true or false")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{name}={value!r} must be an integer")
+        return int(value)
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}={value!r} must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name}={value!r} must be a string")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"{name}={value!r} must be a list of {len(args)} numbers")
+        return tuple(_coerce(v, a, name) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}={value!r} must be a mapping")
+        return dict(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+# ----------------------------------------------------------------------------------------------
+def _cpu_tiny() -> Config:
+    """The embedded default: the package's tiny model on its arithmetic task, on a laptop CPU."""
+    return Config(preset="cpu-tiny")
+
+
+def _gpu_qwen_math() -> Config:
+    """A real model on one GPU: Qwen2.5-Math-1.5B on a local math JSONL (see docs)."""
+    c = Config(preset="gpu-qwen2.5-math-1.5b")
+    c.model = ModelConfig(name="Qwen/Qwen2.5-Math-1.5B", dtype="bfloat16", device="cuda",
+                          gradient_checkpointing=True)  # fmt: skip
+    c.task = TaskConfig(name="math-jsonl", path="data/math_train.jsonl")
+    c.rollout = RolloutConfig(engine="vllm", temperature=1.0, max_new_tokens=2048,
+                              gpu_memory_utilization=0.4)  # fmt: skip
+    c.train = TrainConfig(steps=200, prompts_per_step=32, group_size=8, epochs=1, mini_batches=4,
+                          micro_batch_size=8, lr=1e-6, weight_decay=0.01, max_grad_norm=1.0,
+                          logprob_chunk=2048)  # fmt: skip
+    c.run = RunConfig(out_dir="runs/qwen-math", save_every=50, eval_every=0)
+    return c
+
+
+PRESETS = {"cpu-tiny": _cpu_tiny, "gpu-qwen2.5-math-1.5b": _gpu_qwen_math}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: allowed {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()
+
+
+def load_config(
+    preset_name: str | None = None,
+    config_file: str | None = None,
+    algo: str | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Preset (or config file), then ``--algo``, then ``section.field=value`` overrides."""
+    if config_file:
+        cfg = Config.from_yaml(config_file)
+    else:
+        cfg = preset(preset_name or "cpu-tiny")
+    if algo is not None:
+        if algo not in ALGOS:
+            raise ValueError(f"unknown algorithm {algo!r}: allowed {', '.join(ALGOS)}")
+        cfg.algo.name = algo
+    if overrides:
+        cfg = cfg.override(overrides)
+    return cfg.validate()

@@ -1,0 +1,70 @@
+"""The config object: presets, YAML round trip, overrides, and errors that name the field."""
+
+import pytest
+
+from bapo import BAPOConfig, FixedClip
+from bapo.train.config import Config, load_config, preset
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    cfg = load_config("cpu-tiny", algo="bapo", overrides=["algo.rho0=0.5", "train.epochs=4"])
+    assert cfg.algo.rho0 == 0.5 and cfg.train.epochs == 4 and cfg.staleness == 4
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    back = Config.from_yaml(path)
+    assert back == cfg
+    assert load_config(config_file=str(path)) == cfg
+
+
+def test_algorithms_map_to_clip_rules():
+    assert load_config(algo="grpo").algo.clip_rule() == FixedClip(0.8, 1.2)
+    assert load_config(algo="clip-higher").algo.clip_rule() == FixedClip(0.8, 1.28)
+    assert load_config(algo="bapo").algo.clip_rule() == BAPOConfig()
+    assert load_config(algo="bapo-official").algo.clip_rule() == BAPOConfig.official()
+    fixed = load_config(algo="fixed", overrides=["algo.c_low=0.7", "algo.c_high=1.5"])
+    assert fixed.algo.clip_rule() == FixedClip(0.7, 1.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(preset_name="laptop"), "unknown preset 'laptop'"),
+        (dict(algo="ppo"), "unknown algorithm 'ppo'"),
+        (dict(overrides=["algo.a_minus=1.5"]), "a_minus=1.5 is out of range"),
+        (dict(overrides=["algo.rho0=2"]), "rho0"),
+        (dict(overrides=["train.group_size=1"]), "train.group_size=1 is out of range"),
+        (dict(overrides=["train.mini_batches=3"]), "train.mini_batches=3 does not divide"),
+        (
+            dict(overrides=["train.micro_batch_size=24"]),
+            "train.micro_batch_size=24 does not divide",
+        ),
+        (dict(overrides=["train.epochs=0"]), "train.epochs=0 is out of range"),
+        (dict(overrides=["train.lr=-1"]), "train.lr=-1.0 is out of range"),
+        (dict(overrides=["train.steps=two"]), "train.steps='two' must be an integer"),
+        (dict(overrides=["train.nope=1"]), "unknown field 'nope'"),
+        (dict(overrides=["nope.x=1"]), "unknown section 'nope'"),
+        (dict(overrides=["rollout.temperature=0"]), "temperature=0"),
+        (dict(overrides=["rollout.engine=sglang"]), "rollout.engine='sglang'"),
+        (dict(overrides=["algo.agg=sum"]), "algo.agg='sum'"),
+        (dict(overrides=["justtext"]), "section.field=value"),
+    ],
+)
+def test_bad_input_names_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(**kwargs)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(config_file=str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ValueError, match="train.stepz"):
+        load_config(config_file=str(bad))
+
+
+def test_gpu_preset_is_complete():
+    cfg = preset("gpu-qwen2.5-math-1.5b").validate()
+    assert cfg.rollout.engine == "vllm" and cfg.model.dtype == "bfloat16"
+    assert cfg.model.gradient_checkpointing and 8 <= cfg.train.group_size <= 16
+    assert cfg.algo.clip_rule() == BAPOConfig()

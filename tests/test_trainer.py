@@ -1,0 +1,148 @@
+"""End-to-end CPU runs of the trainer on the embedded default."""
+
+import math
+
+import pytest
+import torch
+
+from bapo import BAPOConfig, search_bounds
+from bapo.train.checkpoint import latest_checkpoint
+from bapo.train.config import load_config
+from bapo.train.metrics import read_jsonl
+from bapo.train.trainer import NonFiniteLossError, Trainer
+
+VOLATILE = ("time/", "speed/")
+
+
+def tiny(tmp_path, algo="bapo", *extra):
+    over = [
+        "train.steps=3", "train.prompts_per_step=4", "train.group_size=4",
+        "run.eval_every=0", "run.progress=false", f"run.out_dir={tmp_path}",
+    ]  # fmt: skip
+    return load_config("cpu-tiny", algo=algo, overrides=over + list(extra))
+
+
+def stable(records):
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in records]
+
+
+@pytest.mark.parametrize("algo", ["grpo", "clip-higher", "bapo", "bapo-official"])
+def test_a_few_steps_of_each_algorithm(tmp_path, embedded_model, algo):
+    records = Trainer(tiny(tmp_path, algo)).train()
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for r in records:
+        for key in ["reward/mean", "reward/accuracy", "completion/length_mean", "entropy/mean",
+                    "bapo/rho", "bapo/c_low", "bapo/c_high", "clip/high_frac", "clip/low_frac",
+                    "policy/grad_norm", "policy/approx_kl", "offpolicy/staleness",
+                    "speed/rollout_tokens_per_s", "speed/train_tokens_per_s", "time/wall_s"]:  # fmt: skip
+            assert key in r and r[key] is not None and math.isfinite(r[key]), key
+        assert 0 <= r["reward/mean"] <= 1 and r["entropy/mean"] > 0
+    on_disk = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in on_disk] == [1, 2, 3]
+    assert (tmp_path / "checkpoint-3" / "trainer_state.pt").exists()
+    assert (tmp_path / "checkpoint-3" / "config.json").exists()  # Hugging Face format
+    if algo in ("grpo", "clip-higher"):
+        c_high = 1.2 if algo == "grpo" else 1.28
+        assert all(r["bapo/c_low"] == 0.8 and r["bapo/c_high"] == c_high for r in records)
+
+
+def test_bapo_logged_bounds_are_what_search_bounds_returns(tmp_path, embedded_model):
+    seen = []
+    cfg = tiny(
+        tmp_path, "bapo", "train.epochs=2", "train.mini_batches=2", "train.micro_batch_size=4"
+    )
+    Trainer(cfg, update_hook=seen.append).train()
+    logged = read_jsonl(tmp_path / "updates.jsonl")
+    assert len(seen) == len(logged) == 3 * 4
+    for hook, rec in zip(seen, logged):
+        lp, old, adv = hook["inputs"]
+        again = search_bounds(lp, old, adv, None, BAPOConfig())
+        assert (rec["bapo/c_low"], rec["bapo/c_high"]) == (again.c_low, again.c_high)
+        assert rec["bapo/search_steps"] == again.n_steps
+        assert lp.numel() == rec["tokens/count"]
+
+
+def test_staleness_accounting(tmp_path, embedded_model):
+    cfg = tiny(tmp_path, "grpo", "train.epochs=2", "train.mini_batches=2")
+    records = Trainer(cfg).train()
+    updates = read_jsonl(tmp_path / "updates.jsonl")
+    for step in (1, 2, 3):
+        mine = [u for u in updates if u["step"] == step - 1]
+        # E x M = 4 updates per batch; the data is 0, 1, 2, 3 policy versions old
+        assert [u["offpolicy/staleness"] for u in mine] == [0, 1, 2, 3]
+        assert [u["offpolicy/age_max"] for u in mine] == [0, 1, 2, 3]
+        assert [u["version"] for u in mine] == [4 * (step - 1) + k for k in (1, 2, 3, 4)]
+    assert all(r["offpolicy/updates"] == 4 for r in records)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, embedded_model):
+    Trainer(tiny(tmp_path / "full", "bapo", "train.steps=4", "train.epochs=2")).train()
+    part = tiny(tmp_path / "part", "bapo", "train.steps=2", "train.epochs=2")
+    Trainer(part).train()
+    resumed_cfg = tiny(tmp_path / "part", "bapo", "train.steps=4", "train.epochs=2")
+    Trainer(resumed_cfg, resume=True).train()
+    on_disk = read_jsonl(tmp_path / "part" / "metrics.jsonl")
+    assert [r["step"] for r in on_disk] == [1, 2, 3, 4]
+    assert stable(on_disk) == stable(read_jsonl(tmp_path / "full" / "metrics.jsonl"))
+
+
+def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes(tmp_path, embedded_model):
+    def interrupt(record):
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny(tmp_path), callbacks=[interrupt]).train()
+    assert latest_checkpoint(tmp_path).name == "checkpoint-2"
+    records = Trainer(tiny(tmp_path), resume=True).train()
+    assert [r["step"] for r in records] == [3]
+
+
+def test_reward_errors_are_counted_and_scored_zero(tmp_path, embedded_model):
+    from bapo.tasks import make_task
+
+    task = make_task("arithmetic")
+    calls = {"n": 0}
+    real = task.reward
+
+    def flaky(completion, example):
+        calls["n"] += 1
+        if calls["n"] % 2:
+            raise RuntimeError("verifier crashed")
+        return real(completion, example)
+
+    task.reward = flaky
+    model, tok = embedded_model
+    records = Trainer(tiny(tmp_path), task=task, model=model, tokenizer=tok).train()
+    assert all(r["reward/errors"] == 8 for r in records)  # half of 16 completions per step
+
+
+def test_nonfinite_losses_are_skipped_then_abort_with_checkpoint(
+    tmp_path, embedded_model, monkeypatch
+):
+    import bapo.train.trainer as tr
+
+    real = tr.policy_loss
+    budget = {"finite_updates": 2}
+
+    def sometimes_nan(*args, **kwargs):
+        loss, st = real(*args, **kwargs)
+        if torch.is_grad_enabled() and budget["finite_updates"] <= 0:
+            return loss * float("nan"), st
+        if torch.is_grad_enabled():
+            budget["finite_updates"] -= 1
+        return loss, st
+
+    monkeypatch.setattr(tr, "policy_loss", sometimes_nan)
+    cfg = tiny(tmp_path, "grpo", "train.steps=6", "train.max_nonfinite=3")
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
+        Trainer(cfg).train()
+    logged = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["policy/nonfinite_skipped"] for r in logged] == [0, 0, 1, 1]
+    assert latest_checkpoint(tmp_path) is not None  # nothing lost
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    cfg = tiny(tmp_path, "grpo", f"model.name={tmp_path / 'no-such-model'}")
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        Trainer(cfg)

@@ -1,0 +1,103 @@
+"""The notebook figures are package functions: they must draw what the numbers say."""
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from bapo import BAPOConfig, search_path
+from bapo.train.offpolicy import Sample
+from bapo.viz.balance import TokenBatch, balance, balance_figure, balance_widget, search_widget
+from bapo.viz.figures import search_path_figure
+from bapo.viz.live import LiveDashboard
+from bapo.viz.offpolicy import versions_figure
+from bapo.viz.report import compare_figure, format_summary, metric_band, summary_rows, write_report
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    old = torch.log(torch.rand(200, generator=g) * 0.9 + 0.05)
+    lp = old + 0.4 * torch.randn(200, generator=g)
+    adv = torch.where(torch.rand(200, generator=g) < 0.3, 1.0, -1.0)
+    return TokenBatch(lp, old, adv)
+
+
+def test_balance_counts_and_share(batch):
+    b = balance(batch, 0.8, 1.2)
+    r = batch.ratio
+    assert b["n_pos"] == int((batch.advantages > 0).sum())
+    assert b["clipped_pos"] == int(((batch.advantages > 0) & (r >= 1.2)).sum())
+    assert b["clipped_neg"] == int(((batch.advantages < 0) & (r <= 0.8)).sum())
+    assert b["rho"] == pytest.approx(b["pos"] / (b["pos"] + b["neg"]))
+    wider = balance(batch, 0.8, 3.0)  # un-clipping positive tokens raises the share
+    assert wider["rho"] > b["rho"] and wider["clipped_pos"] < b["clipped_pos"]
+
+
+def test_balance_figure_draws_every_token_once(batch):
+    fig = balance_figure(batch, 0.8, 1.2)
+    scatter = [t for t in fig.data if isinstance(t, go.Scattergl)]
+    assert sum(len(t.x) for t in scatter) == len(batch.advantages)
+    clipped = next(t for t in scatter if t.name == "A>0 clipped")
+    assert len(clipped.x) == balance(batch, 0.8, 1.2)["clipped_pos"]
+    bar = next(t for t in fig.data if isinstance(t, go.Bar))
+    assert sum(bar.y) == pytest.approx(1.0)
+
+
+def test_widgets_build_and_call_the_package_callbacks(batch):
+    wdg = balance_widget(batch)
+    assert [c.description for c in wdg.children[:4]] == [
+        "c_low", "c_high", "measure", "pi_rollout weight"
+    ]  # fmt: skip
+    s = search_widget(batch, BAPOConfig())
+    path = search_path(batch.log_probs, batch.old_log_probs, batch.advantages, None, BAPOConfig())
+    assert s.children[0].value == path.stop
+
+
+def test_search_path_figure_upto(batch):
+    cfg = BAPOConfig()
+    path = search_path(batch.log_probs, batch.old_log_probs, batch.advantages, None, cfg)
+    fig = search_path_figure(path, cfg, upto=3)
+    assert len(fig.data[0].x) == 4
+    assert list(fig.data[0].y) == pytest.approx(path.rho[:4].tolist())
+
+
+def records(values, key="entropy/mean"):
+    return [{"step": i + 1, key: v} for i, v in enumerate(values)]
+
+
+def test_metric_band_and_summary():
+    runs = {"grpo": [records([3, 2, 1]), records([3, 1, 1])], "bapo": [records([3, 3, 3])]}
+    steps, mean, lo, hi = metric_band(runs["grpo"], "entropy/mean")
+    assert steps == [1, 2, 3] and mean == [3, 1.5, 1] and lo == [3, 1, 1] and hi == [3, 2, 1]
+    rows = {r["algo"]: r for r in summary_rows(runs, last=1)}
+    assert rows["grpo"]["final_entropy"] == 1 and rows["bapo"]["final_entropy"] == 3
+    assert "grpo" in format_summary(list(rows.values()))
+    fig = compare_figure(runs, [("entropy/mean", "entropy")])
+    names = [t.name for t in fig.data if t.showlegend]
+    assert names == ["grpo", "bapo"]
+
+
+def test_write_report_is_self_contained(tmp_path):
+    path = write_report({"bapo": [records([1.0, 0.9])]}, tmp_path / "r.html", "t")
+    html = path.read_text()
+    assert len(html) > 1_000_000  # plotly.js is inlined ...
+    assert '<script src="http' not in html  # ... not fetched from a CDN
+
+
+def test_live_dashboard_grows_with_records():
+    dash = LiveDashboard()
+    cb = dash.callback("bapo")
+    for rec in records([2.0, 1.5, 1.2]):
+        cb(rec)
+    if dash.widget is not None:
+        tr = next(t for t in dash.widget.data if t.name == "bapo" and len(t.y))
+        assert list(tr.y) == [2.0, 1.5, 1.2]
+    static = dash.figure()
+    assert any(list(t.y) == [2.0, 1.5, 1.2] for t in static.data)
+
+
+def test_versions_figure_rows_are_token_versions():
+    s = [Sample([1], [4, 5, 6], [0, 0, 0], 1.0, 0.5, versions=[0, 0, 3]),
+         Sample([1], [4], [0], 0.0, -0.5, versions=[2])]  # fmt: skip
+    fig = versions_figure(s)
+    assert [list(r) for r in fig.data[0].z] == [[0, 0, 3], [2, None, None]]
