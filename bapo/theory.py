@@ -57,11 +57,14 @@ __all__ = [
     "keep_mask",
     "lemma1_delta_h",
     "mean_end",
+    "measured_token_effects",
     "random_step_checks",
     "rule_name",
     "sampled_logit_step",
     "simulate",
     "simulate_grid",
+    "stale_logits",
+    "toy_policy",
     "unclipped_logit_step",
 ]
 
@@ -324,6 +327,64 @@ def decompose(
         baseline=float(baseline),
         lr=float(lr),
     )
+
+
+def measured_token_effects(
+    z: torch.Tensor,
+    advantages: torch.Tensor,
+    keep: torch.Tensor | None = None,
+    eta: float = 1e-4,
+    *,
+    baseline: float | None = None,
+) -> torch.Tensor:
+    """Table 4 measured by hand: the exact ``dH`` of moving one token's logit at a time.
+
+    Token ``s`` (retained) gets ``dz_s = eta * (A(y_s) - baseline)``, every other logit stays;
+    the result is ``H(after) - H(before)``, token by token (0 for clipped tokens).  To first order
+    it is :func:`decompose`'s ``delta_h`` at ``lr=eta``, so its sign is Table 4's.
+    """
+    z = _f64(z)
+    dec = decompose(z, advantages, keep, eta, baseline=baseline)
+    out = torch.zeros_like(z)
+    for s in torch.nonzero(dec.keep).flatten().tolist():
+        dz = torch.zeros_like(z)
+        dz[s] = eta * dec.adv_term[s]
+        out[s] = exact_delta_h(z, dz)
+    return out
+
+
+def toy_policy(seed: int = 0, n_tokens: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """A small scene: rollout logits and one advantage per token.
+
+    Logits are ``1.5 * N(0, 1)``; token ``y`` has a reward ``Q(y) ~ U(0, 1)`` and the advantage
+    ``A(y) = Q(y) - V`` with ``V = E_{pi_rollout}[Q]``, so ``E_{pi_rollout}[A] = 0`` (Lemma 3).
+    """
+    g = torch.Generator().manual_seed(seed)
+    z = 1.5 * torch.randn(n_tokens, generator=g, dtype=torch.float64)
+    q = torch.rand(n_tokens, generator=g, dtype=torch.float64)
+    return z, q - (torch.softmax(z, -1) * q).sum()
+
+
+def stale_logits(
+    z_rollout: torch.Tensor,
+    advantages: torch.Tensor,
+    clip: FixedClip,
+    staleness: int,
+    lr: float,
+    *,
+    natural: bool = True,
+) -> torch.Tensor:
+    """The logits at the start of epoch ``staleness``: ``staleness - 1`` expected steps taken.
+
+    Every epoch reuses the same advantages and ``pi_rollout`` (the data is not refreshed), so the
+    ratios drift away from 1 and, from some epoch on, tokens start to clip (Eq. 7).
+    """
+    if not isinstance(staleness, int) or staleness < 1:
+        raise ValueError(f"staleness={staleness!r} is out of range: allowed integers >= 1")
+    z = _f64(z_rollout).clone()
+    for _ in range(staleness - 1):
+        z = z + expected_logit_step(z, z_rollout, advantages, clip, lr, natural=natural).dz
+    return z
 
 
 def random_step_checks(

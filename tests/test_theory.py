@@ -22,6 +22,7 @@ from bapo.theory import (
     keep_mask,
     lemma1_delta_h,
     mean_end,
+    measured_token_effects,
     random_step_checks,
     rule_name,
     sampled_logit_step,
@@ -303,6 +304,11 @@ def test_all_four_quadrants_occur_with_their_table4_signs():
         dz[s] = 0.01 * float(dec.adv_term[s])
         assert np.sign(exact_delta_h(z, dz)) == int(dec.table4_sign[s])
     assert dec.table4_sign.tolist() == [-1, 1, 1, -1]
+    measured = measured_token_effects(z, adv, eta=0.01)
+    assert torch.sign(measured).tolist() == [-1, 1, 1, -1]
+    # a clipped token is not moved at all
+    keep = torch.tensor([True, False, True, True])
+    assert float(measured_token_effects(z, adv, keep, eta=0.01)[1]) == 0.0
 
 
 def test_random_step_checks_predict_measured_entropy_change():
