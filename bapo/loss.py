@@ -50,6 +50,7 @@ __all__ = [
     "clip_regions",
     "contribution_sums",
     "grpo_advantages",
+    "importance_ratio",
     "policy_loss",
     "search_bounds",
     "search_path",
