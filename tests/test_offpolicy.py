@@ -57,9 +57,13 @@ def test_partial_rollout_keeps_each_segments_behaviour_logprobs(tmp_path, embedd
                   "train.steps=5")  # fmt: skip
     trainer = Trainer(cfg)
     segments = {}  # id(trajectory) -> [(start, logprobs, version)]
-    trainer.segment_hook = lambda tr, start, lp: segments.setdefault(id(tr), []).append(
-        (start, list(lp), trainer.version)
-    )
+    alive = []  # keep every trajectory referenced so no id() is ever reused
+
+    def record(tr, start, lp):
+        alive.append(tr)
+        segments.setdefault(id(tr), []).append((start, list(lp), trainer.version))
+
+    trainer.segment_hook = record
     seen = []
     original = trainer.rollout
 
