@@ -61,7 +61,7 @@ EMBEDDED_TASKS: dict[str, dict[str, Any]] = {  # toy tasks an embedded model can
     "arithmetic": {"digits": 1, "ops": "+-*"},
 }
 BUILD_COUNT = 0  # embedded builds done by this process (tests check cache reuse with it)
-_BUILD_THREADS = 1  # tiny matmuls: one thread is as fast, and the weights match across machines
+_BUILD_THREADS = 1  # tiny matmuls: 1 thread beats 2 (5-10x on a busy 2-core box), and is steadier
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,7 +124,10 @@ def sample_completions(
     temperature: float = 1.0,
     batch_size: int = 256,
 ) -> list[str]:
-    """One sampled completion per prompt (plain ancestral sampling: no top-k, no top-p)."""
+    """One sampled completion per prompt (plain ancestral sampling: no top-k, no top-p).
+
+    The same ``seed`` and ``batch_size`` give the same completions; the caller's RNG is untouched.
+    """
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -328,6 +331,11 @@ def build_embedded(spec: EmbeddedSpec, out_dir: str | Path) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads)
     model.eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _no_progress_bars():
+        model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     import transformers
 
     probe = task.eval_set(1)[0].prompt
@@ -346,11 +354,6 @@ def build_embedded(spec: EmbeddedSpec, out_dir: str | Path) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "probe": {"prompt": probe, "logits": _probe_logits(model, tokenizer, probe)},
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _no_progress_bars():
-        model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=1))
     BUILD_COUNT += 1
     lo, hi = ACCEPT_BAND
@@ -452,8 +455,8 @@ def embedded_model_path(
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.folder_name}.", dir=cache))
     try:
         build_embedded(spec, tmp)
-        if final.exists():  # incomplete leftover (no META_FILE) from something else: replace it
-            shutil.rmtree(final)
+        if final.exists() and not (final / META_FILE).is_file():
+            shutil.rmtree(final)  # an incomplete leftover, not a build that just finished
         try:
             tmp.rename(final)
         except OSError:
@@ -474,6 +477,24 @@ def _looks_like_path(name: str) -> bool:
         or name.count("/") > 1
         or name.endswith("/")
     )
+
+
+def _dtype_kwargs(dtype: torch.dtype | str | None) -> dict[str, Any]:
+    """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56, before that
+    ``torch_dtype``; ``"bfloat16"``-style names become torch dtypes."""
+    if dtype is None:
+        return {}
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(
+                f"dtype={dtype!r} is not a torch dtype: use e.g. 'float32', 'bfloat16'"
+            )
+        dtype = getattr(torch, dtype)
+    import transformers
+    from packaging.version import Version
+
+    new = Version(transformers.__version__) >= Version("4.56")
+    return {"dtype" if new else "torch_dtype": dtype}
 
 
 def load_model(
@@ -507,8 +528,7 @@ def load_model(
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)  # keep the exact char vocab
     else:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, **_dtype_kwargs(dtype)).to(device)
     model.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

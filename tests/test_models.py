@@ -194,6 +194,13 @@ def test_loaded_model_reproduces_the_build(built, loaded):
         torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
+def test_load_model_dtype(built):
+    model, _ = load_model(built[1], dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with pytest.raises(ValueError, match="dtype='float99'"):
+        load_model(built[1], dtype="float99")
+
+
 def test_sampling_is_seeded_and_leaves_the_global_rng(loaded):
     model, tok = loaded
     prompts = [e.prompt for e in ArithmeticTask(digits=1, ops="+-*").eval_set(64)]
