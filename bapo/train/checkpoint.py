@@ -45,7 +45,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(
-    out_dir: str | Path, step: int, model, tokenizer, state: dict, config_yaml: str, keep: int = 2
+    out_dir: str | Path,
+    step: int,
+    model,
+    tokenizer,
+    state: dict,
+    config_yaml: str,
+    keep: int = 2,
+    extra_files: list[Path] = (),
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically and prune older ones beyond ``keep``."""
     out = Path(out_dir)
@@ -58,6 +65,8 @@ def save_checkpoint(
         tokenizer.save_pretrained(tmp)
     torch.save({**state, "rng": rng_state(), "step": step}, tmp / STATE_FILE)
     (tmp / "config.yaml").write_text(config_yaml)
+    for f in extra_files:
+        shutil.copy2(f, tmp / Path(f).name)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

@@ -28,7 +28,8 @@ class ModelConfig:
 class TaskConfig:
     name: str = "arithmetic"  # see bapo.tasks.make_task
     path: str | None = None  # data file for file-backed tasks
-    options: dict[str, Any] = field(default_factory=dict)  # passed to the task constructor
+    # passed to the task constructor; the default is the task the embedded model was built for
+    options: dict[str, Any] = field(default_factory=lambda: {"digits": 1, "ops": "+-*"})
 
 
 @dataclass
@@ -321,7 +322,7 @@ def _gpu_qwen_math() -> Config:
     c = Config(preset="gpu-qwen2.5-math-1.5b")
     c.model = ModelConfig(name="Qwen/Qwen2.5-Math-1.5B", dtype="bfloat16", device="cuda",
                           gradient_checkpointing=True)  # fmt: skip
-    c.task = TaskConfig(name="math-jsonl", path="data/math_train.jsonl")
+    c.task = TaskConfig(name="math-jsonl", path="data/math_train.jsonl", options={})
     c.rollout = RolloutConfig(engine="vllm", temperature=1.0, max_new_tokens=2048,
                               gpu_memory_utilization=0.4)  # fmt: skip
     c.train = TrainConfig(steps=200, prompts_per_step=32, group_size=8, epochs=1, mini_batches=4,

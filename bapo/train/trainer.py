@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from bapo.loss import BAPOConfig, FixedClip, grpo_advantages, policy_loss, search_bounds
+from bapo.models import META_FILE
 from bapo.rollout.base import RolloutEngine
 from bapo.train.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
 from bapo.train.config import Config
@@ -89,7 +90,10 @@ class Trainer:
         if task is None:
             from bapo.tasks import make_task
 
-            task = make_task(cfg.task.name, path=cfg.task.path, **cfg.task.options)
+            kwargs = dict(cfg.task.options)
+            if cfg.task.path is not None:
+                kwargs["path"] = cfg.task.path
+            task = make_task(cfg.task.name, **kwargs)
         self.task = task
         self.engine = engine if engine is not None else self._make_engine()
         self.clip_rule = cfg.algo.clip_rule()
@@ -185,6 +189,7 @@ class Trainer:
         return records
 
     def save(self) -> Path:
+        """A checkpoint of everything a resumed run needs (HF model + tokenizer + state)."""
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -192,9 +197,13 @@ class Trainer:
             "wall": self.wall_offset + time.time() - self.wall_start,
             "extra": self.extra_state(),
         }
+        # an embedded model's marker file travels along, so its exact tokenizer reloads
+        source = Path(str(getattr(self.model, "name_or_path", "")))
+        marker = source / META_FILE if str(source) else None
         return save_checkpoint(
             self.out_dir, self.step, self.model, self.tokenizer, state, self.cfg.to_yaml(),
             keep=self.cfg.run.keep_checkpoints,
+            extra_files=[marker] if marker is not None and marker.is_file() else [],
         )  # fmt: skip
 
     def _load_state(self, ckpt: Path) -> None:
