@@ -108,10 +108,12 @@ def main() -> int:
     results = []
 
     model, tok = load_model("embedded", device=device)
+    from bapo.models import EMBEDDED_TASKS
     from bapo.tasks import make_task
 
     common = [f"train.steps={steps}", "train.epochs=2", "model.dtype=auto"]
-    results.append(run("embedded", model, tok, make_task("arithmetic"), device,
+    results.append(run("embedded", model, tok, make_task("arithmetic", **EMBEDDED_TASKS["arithmetic"]),
+                       device,
                        common + ["train.prompts_per_step=32", "train.group_size=8"], out_dir))  # fmt: skip
 
     # a mid-size random model (~250M parameters on GPU), same tokenizer, longer completions

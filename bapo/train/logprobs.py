@@ -86,7 +86,9 @@ def completion_logprobs(
     """
     decoder = model.get_decoder()
     head = model.get_output_embeddings()
-    hidden = decoder(input_ids=packed.input_ids, attention_mask=packed.attention_mask)[0]
+    hidden = decoder(
+        input_ids=packed.input_ids, attention_mask=packed.attention_mask, use_cache=False
+    )[0]
     h = hidden[packed.rows, packed.cols]  # (N, H): the states that predict completion tokens
     lps, ents = [], []
     grad = torch.is_grad_enabled()
