@@ -2,9 +2,16 @@
 
 The embedded model lets every notebook and test run BAPO end to end on a laptop CPU with no
 download: a character-level tokenizer and a ``LlamaForCausalLM`` of about 0.1M parameters,
-warm-started by a short supervised pass (SFT) until its *sampled* accuracy (temperature 1.0) sits
-in a target band.  RL needs groups holding both right and wrong answers; a model at 0% or 100%
-gives every group a zero advantage.
+warm-started by a short supervised pass (SFT) on correct examples until its *sampled* accuracy
+(temperature 1.0) sits in a target band.  RL needs groups holding both right and wrong answers; a
+model at 0% or 100% gives every group a zero advantage.
+
+The SFT uses label smoothing (over the character tokens, not EOS), so the model ends up *knowing*
+most answers (greedy accuracy ~0.9) while *sampling* them only ~30% of the time, its other
+samples running on past the answer.  That is the regime RL on LLMs works in: RL sharpens what the
+model half-knows, and wrong answers are the longer ones (BAPO's Figure 6).  A GRPO loop lifts it
+from ~0.3 to ~0.65 sampled accuracy in about 50 steps of 16x8 completions; without smoothing the
+same loop barely moves a model stopped at 0.3, which has not learnt the answers yet.
 
 It is built once per spec and cached (``$BAPO_CACHE`` or ``~/.cache/bapo``) as an ordinary
 Hugging Face folder, so :func:`load_model` treats it like any local or hub checkpoint.  The
@@ -126,8 +133,14 @@ def sample_completions(
 ) -> list[str]:
     """One sampled completion per prompt (plain ancestral sampling: no top-k, no top-p).
 
-    The same ``seed`` and ``batch_size`` give the same completions; the caller's RNG is untouched.
+    ``temperature=0`` decodes greedily.  The same ``seed`` and ``batch_size`` give the same
+    completions; the caller's RNG is untouched.
     """
+    if not temperature >= 0:
+        raise ValueError(f"temperature={temperature!r} is out of range: allowed [0, inf)")
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    if temperature == 0:
+        sampling = {"do_sample": False}
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -145,10 +158,7 @@ def sample_completions(
                 gen = model.generate(
                     input_ids=input_ids,
                     attention_mask=mask.to(device),
-                    do_sample=True,
-                    temperature=temperature,
-                    top_k=0,
-                    top_p=1.0,
+                    **sampling,
                     max_new_tokens=max_new_tokens,
                     pad_token_id=pad,
                     eos_token_id=tokenizer.eos_token_id,
@@ -169,10 +179,12 @@ def sampled_accuracy(
     *,
     examples: Sequence[Example] | None = None,
     batch_size: int = 256,
+    temperature: float = 1.0,
 ) -> float:
     """Mean reward of one sample (temperature 1.0) per example of ``task.eval_set(n)``.
 
-    ``examples`` replaces the eval set; ``seed`` fixes the sampling.
+    ``examples`` replaces the eval set; ``seed`` fixes the sampling; ``temperature=0`` gives the
+    greedy accuracy.
     """
     examples = list(examples) if examples is not None else task.eval_set(n)
     if not examples:
@@ -183,6 +195,7 @@ def sampled_accuracy(
         [e.prompt for e in examples],
         seed=seed,
         max_new_tokens=max_new_tokens,
+        temperature=temperature,
         batch_size=batch_size,
     )
     return sum(task.reward(c, e) for c, e in zip(completions, examples)) / len(examples)
@@ -214,6 +227,7 @@ class EmbeddedSpec:
     seed: int = 0
     lr: float = 3e-3
     batch_size: int = 64
+    label_smoothing: float = 0.3
     max_steps: int = 1500
     eval_every: int = 10
     eval_n: int = 512
@@ -242,6 +256,9 @@ class EmbeddedSpec:
             )
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise ValueError(f"lr={self.lr!r} is out of range: allowed (0, 1)")
+        ls = self.label_smoothing
+        if isinstance(ls, bool) or not (isinstance(ls, (int, float)) and 0 <= ls < 1):
+            raise ValueError(f"label_smoothing={ls!r} is out of range: allowed [0, 1)")
         lo, hi = self.target_band if len(self.target_band) == 2 else (None, None)
         if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 < lo < hi <= 1):
             raise ValueError(
@@ -286,6 +303,24 @@ def _sft_batch(tokenizer, examples: Sequence[Example]):
     return input_ids, mask, labels
 
 
+def _sft_loss(model, input_ids, mask, labels, smoothing: float) -> torch.Tensor:
+    """Token-mean cross-entropy on the labelled tokens, smoothed over the character tokens.
+
+    The target is ``1 - smoothing`` on the right token plus ``smoothing`` spread evenly over the
+    characters; special tokens (EOS included) get none of it, so a smoothed model keeps writing
+    after the answer about ``smoothing`` of the time instead of stopping.
+    """
+    logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
+    target = labels[:, 1:]
+    keep = target != -100
+    logp = torch.log_softmax(logits[keep].float(), dim=-1)
+    loss = -logp.gather(-1, target[keep][:, None]).squeeze(-1)
+    if smoothing:
+        uniform = -logp[:, len(SPECIAL_TOKENS) :].mean(-1)
+        loss = (1 - smoothing) * loss + smoothing * uniform
+    return loss.mean()
+
+
 def _probe_logits(model, tokenizer, prompt: Prompt) -> list[float]:
     """Next-token logits after one prompt: a fingerprint that a reload must reproduce."""
     ids = torch.tensor([encode_prompt(tokenizer, prompt)])
@@ -328,6 +363,9 @@ def build_embedded(spec: EmbeddedSpec, out_dir: str | Path) -> dict[str, Any]:
             start_accuracy = sampled_accuracy(
                 model, tokenizer, task, spec.eval_n, spec.seed, spec.max_new_tokens
             )
+            greedy_accuracy = sampled_accuracy(
+                model, tokenizer, task, spec.eval_n, spec.seed, spec.max_new_tokens, temperature=0
+            )
     finally:
         torch.set_num_threads(threads)
     model.eval()
@@ -348,6 +386,7 @@ def build_embedded(spec: EmbeddedSpec, out_dir: str | Path) -> dict[str, Any]:
         "sft_steps": steps,
         "accuracy_history": history,  # [step, sampled accuracy on the stop set]
         "start_accuracy": start_accuracy,  # sampled, on task.eval_set(eval_n)
+        "greedy_accuracy": greedy_accuracy,  # same set, greedy: what the model knows
         "build_seconds": round(time.perf_counter() - t0, 3),
         "build_cpu_seconds": round(time.process_time() - c0, 3),
         "torch": torch.__version__,
@@ -388,7 +427,7 @@ def _sft(model, tokenizer, task: Task, spec: EmbeddedSpec) -> tuple[list[list[fl
     model.train()
     while step < spec.max_steps:
         input_ids, mask, labels = _sft_batch(tokenizer, task.sample(spec.batch_size, rng))
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss = _sft_loss(model, input_ids, mask, labels, spec.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -122,6 +122,8 @@ def test_spec_key_follows_the_spec():
         ({"hidden_size": 66}, "hidden_size"),
         ({"num_layers": 1.5}, "num_layers"),
         ({"lr": 0}, "lr"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"label_smoothing": -0.1}, "label_smoothing"),
         ({"batch_size": True}, "batch_size"),
         ({"eval_n": 0}, "eval_n"),
         ({"target_band": (0.5, 0.4)}, "target_band"),
@@ -164,6 +166,14 @@ def test_start_accuracy_is_in_band(built, loaded):
     assert lo <= built[2]["start_accuracy"] <= hi
     acc = sampled_accuracy(model, tok, task, n=512, seed=99)  # other samples than the build's
     assert lo <= acc <= hi, acc
+    # label smoothing: the model knows far more answers than it samples (RL can sharpen it)
+    greedy = sampled_accuracy(model, tok, task, n=512, seed=5, temperature=0)
+    assert (
+        greedy
+        == built[2]["greedy_accuracy"]
+        == sampled_accuracy(model, tok, task, 512, 6, temperature=0)
+    )
+    assert greedy > acc + 0.2
 
 
 def test_cache_is_reused(built, monkeypatch):
