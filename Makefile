@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 EXTRAS ?= notebooks,dev,math
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo walkthrough test lint bench clean venv gpu-check-cpu
 
 venv: $(VENV)/.installed
 
@@ -16,12 +16,23 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH)" -e ".[$(EXTRAS)]"
 	touch $@
 
+# The main job: GRPO, clip-higher and BAPO on the embedded default, 3 seeds, staleness 4;
+# writes runs/demo/report.html and prints the summary table (about 10 minutes on 2 cores).
 demo: venv
+	$(PY) -m bapo.cli compare --preset cpu-tiny --algos grpo,clip-higher,bapo --seeds 3 \
+		--staleness 4 --out runs/demo
+
+# The loss walkthrough on a synthetic batch (seconds).
+walkthrough: venv
 	$(PY) -m bapo.demo
 
+# The device check on CPU (CI smoke test of scripts/gpu_check.py).
+gpu-check-cpu: venv
+	$(PY) scripts/gpu_check.py --cpu
+
 lint: venv
-	$(PY) -m ruff check bapo tests bench
-	$(PY) -m ruff format --check bapo tests bench
+	$(PY) -m ruff check bapo tests bench scripts
+	$(PY) -m ruff format --check bapo tests bench scripts
 
 test: venv lint
 	$(PY) -m pytest -q tests
