@@ -492,6 +492,7 @@ def embedded_model_path(
     cache.mkdir(parents=True, exist_ok=True)
     log.info("building the embedded model %s (one-off, under a minute)", final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.folder_name}.", dir=cache))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache should stay readable
     try:
         build_embedded(spec, tmp)
         if final.exists() and not (final / META_FILE).is_file():
