@@ -98,6 +98,9 @@ class TrainConfig:
     logprob_chunk: int = 4096  # tokens per LM-head chunk
     max_nonfinite: int = 3  # consecutive non-finite losses before the run stops (with a checkpoint)
     seed: int = 0
+    # torch threads on CPU (0: torch's default).  Tiny models run 5-10x faster on one thread
+    # than on two on a busy 2-core machine: the matmuls are too small to split.
+    cpu_threads: int = 1
 
 
 @dataclass
@@ -155,6 +158,8 @@ class Config:
                 f"train.micro_batch_size={t.micro_batch_size} does not divide the mini-batch of"
                 f" {mini} sequences"
             )
+        if t.cpu_threads < 0:
+            raise ValueError(f"train.cpu_threads={t.cpu_threads} is out of range: allowed >= 0")
         if not t.lr > 0:
             raise ValueError(f"train.lr={t.lr} is out of range: allowed (0, inf)")
         if self.algo.agg not in AGG_MODES:

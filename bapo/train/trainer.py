@@ -73,6 +73,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
         self.device = resolve_device(cfg.model.device)
+        if self.device.type == "cpu" and cfg.train.cpu_threads:
+            torch.set_num_threads(cfg.train.cpu_threads)
 
         ckpt = latest_checkpoint(self.out_dir) if resume else None
         if resume and ckpt is None:
