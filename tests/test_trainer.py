@@ -146,3 +146,44 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
     cfg = tiny(tmp_path, "grpo", f"model.name={tmp_path / 'no-such-model'}")
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         Trainer(cfg)
+
+
+def test_engine_gets_new_weights_before_every_rollout_and_sleeps_during_updates(
+    tmp_path, embedded_model
+):
+    from bapo.rollout.hf import HFEngine
+
+    model, tok = embedded_model
+    calls = []
+
+    class Recording(HFEngine):
+        def generate(self, prompts, params, seed=None):
+            calls.append(("generate", trainer.version))
+            return super().generate(prompts, params, seed)
+
+        def sync_weights(self, m):
+            calls.append(("sync", trainer.version))
+            super().sync_weights(m)
+
+        def sleep(self):
+            calls.append(("sleep", trainer.version))
+
+        def wake(self):
+            calls.append(("wake", trainer.version))
+
+    import copy
+
+    m = copy.deepcopy(model)
+    engine = Recording(m, tok.eos_token_id, tok.pad_token_id)
+    cfg = tiny(tmp_path, "bapo", "train.epochs=2")
+    trainer = Trainer(cfg, model=m, tokenizer=tok, engine=engine)
+    trainer.train()
+    # step k rolls out with version 2k, after a sync whenever the version moved
+    gens = [v for c, v in calls if c == "generate"]
+    assert gens == [0, 2, 4]
+    syncs = [v for c, v in calls if c == "sync"]
+    assert syncs == [2, 4]
+    for i, (c, v) in enumerate(calls):
+        if c == "generate":
+            assert calls[i - 1][0] in ("wake", "sync")
+    assert [c for c, _ in calls].count("sleep") == 3

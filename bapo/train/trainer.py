@@ -117,6 +117,7 @@ class Trainer:
         self.next_group = 0
         self.segment_hook: Callable[[Trajectory, int, list[float]], None] | None = None
         self._updates_log: MetricsLogger | None = None  # open while train() runs
+        self._synced_version = 0  # the policy version the rollout engine holds
         self.step = 0
         self.version = 0  # policy version = optimizer steps taken
         self.nonfinite_in_a_row = 0
@@ -142,7 +143,15 @@ class Trainer:
         if r.engine == "vllm":
             from bapo.rollout.vllm import VLLMEngine
 
-            return VLLMEngine.from_config(self.cfg, self.model, self.tokenizer)
+            dtype = "bfloat16" if self.cfg.model.dtype == "auto" else self.cfg.model.dtype
+            return VLLMEngine(
+                getattr(self.model, "name_or_path", None) or self.cfg.model.name,
+                dtype=dtype,
+                gpu_memory_utilization=r.gpu_memory_utilization,
+                enable_sleep_mode=r.enable_sleep_mode,
+                seed=self.cfg.train.seed,
+                stop_token_ids=sorted(_eos_ids(self.tokenizer)),
+            )
         from bapo.rollout.hf import HFEngine
 
         eos = self.tokenizer.eos_token_id
@@ -238,7 +247,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def train_step(self) -> dict:
         t0 = time.time()
+        self._engine_ready()
         samples, rollout_metrics = self.rollout()
+        self.engine.sleep()  # release rollout memory during the update, where supported
         if self.sample_hook is not None:
             self.sample_hook(samples)
         t1 = time.time()
@@ -257,6 +268,13 @@ class Trainer:
         if every and (self.step % every == 0 or self.step == self.cfg.train.steps):
             rec["eval/accuracy"] = self.evaluate()
         return rec
+
+    def _engine_ready(self) -> None:
+        """Wake the rollout engine and give it the current weights (after any update)."""
+        self.engine.wake()
+        if self._synced_version != self.version:
+            self.engine.sync_weights(self.model)
+            self._synced_version = self.version
 
     # --- 1-3: rollout, rewards, advantages, behaviour log-probs -------------------------------
     def rollout(self) -> tuple[list[Sample], dict]:
@@ -510,6 +528,7 @@ class Trainer:
         """Sampled accuracy on the task's fixed eval set (same sampling as the rollouts)."""
         from bapo.models import decode_completion, encode_prompt
 
+        self._engine_ready()
         examples = self.task.eval_set(n or self.cfg.run.eval_size)
         prompts = [encode_prompt(self.tokenizer, ex.prompt) for ex in examples]
         gens = self.engine.generate(prompts, self.cfg.sampling(), seed=12345)
