@@ -66,11 +66,14 @@ def records(values, key="entropy/mean"):
 
 
 def test_metric_band_and_summary():
-    runs = {"grpo": [records([3, 2, 1]), records([3, 1, 1])], "bapo": [records([3, 3, 3])]}
+    nan = float("nan")
+    runs = {"grpo": [records([3, 2, 1]), records([3, 1, 1])], "bapo": [records([3, nan, 3])]}
     steps, mean, lo, hi = metric_band(runs["grpo"], "entropy/mean")
     assert steps == [1, 2, 3] and mean == [3, 1.5, 1] and lo == [3, 1, 1] and hi == [3, 2, 1]
     rows = {r["algo"]: r for r in summary_rows(runs, last=1)}
     assert rows["grpo"]["final_entropy"] == 1 and rows["bapo"]["final_entropy"] == 3
+    mean = {r["algo"]: r for r in summary_rows(runs, last=0)}
+    assert mean["bapo"]["final_entropy"] == 3  # a nan step is skipped, not propagated
     assert "grpo" in format_summary(list(rows.values()))
     fig = compare_figure(runs, [("entropy/mean", "entropy")])
     names = [t.name for t in fig.data if t.showlegend]

@@ -79,6 +79,7 @@ def summary_rows(runs: dict[str, list[list[dict]]], last: int = 5) -> list[dict]
 
     def per_seed(records, key, tail):
         vals = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+        vals = [v for v in vals if math.isfinite(v)]  # a step with no signal logs rho = nan
         vals = vals[-tail:] if tail else vals
         return sum(vals) / len(vals) if vals else float("nan")
 
