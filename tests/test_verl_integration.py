@@ -108,6 +108,8 @@ def test_config_is_read_from_actor_section_policy_loss_section_env_or_default(mo
     assert bv.bapo_config_from_verl(nested) == BAPOConfig.official()
     monkeypatch.setenv(bv.ENV_VAR, '{"preset": "official", "b_plus": 2.5}')
     assert bv.bapo_config_from_verl(types.SimpleNamespace()) == BAPOConfig.official(b_plus=2.5)
+    monkeypatch.setenv(bv.ENV_VAR, " official ")
+    assert bv.bapo_config_from_verl({}) == BAPOConfig.official()
     monkeypatch.delenv(bv.ENV_VAR)
     assert bv.bapo_config_from_verl(None) == BAPOConfig.paper()
 

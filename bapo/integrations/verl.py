@@ -42,7 +42,7 @@ __all__ = [
     "verl_aggregation",
 ]
 
-ENV_VAR = "BAPO_VERL_CONFIG"  # JSON, e.g. '{"preset": "official", "rho0": 0.6}'
+ENV_VAR = "BAPO_VERL_CONFIG"  # "paper", "official", or JSON: '{"preset": "official", "rho0": 0.6}'
 _BAPO_FIELDS = {f.name for f in fields(BAPOConfig)}
 
 
@@ -81,8 +81,9 @@ def bapo_config_from_verl(config: Any) -> BAPOConfig:
     1. a ``bapo`` mapping in the actor config or in its ``policy_loss`` section
        (``{"preset": "paper" | "official", <BAPOConfig fields>...}``) - where the config
        accepts extra keys (a plain ``DictConfig``);
-    2. the ``BAPO_VERL_CONFIG`` environment variable, JSON of the same shape (set it for the
-       Ray workers through ``ray_kwargs.ray_init.runtime_env.env_vars`` or the shell);
+    2. the ``BAPO_VERL_CONFIG`` environment variable: ``paper``, ``official``, or JSON of the
+       same shape as the mapping (it must reach the Ray workers: a local Ray cluster inherits
+       the launching shell's environment; elsewhere use ``ray_init.runtime_env.env_vars``);
     3. ``BAPOConfig.paper()``.
     """
     sections = (("config.bapo", config), ("config.policy_loss.bapo", _get(config, "policy_loss")))
@@ -92,7 +93,9 @@ def bapo_config_from_verl(config: Any) -> BAPOConfig:
             if isinstance(values, BAPOConfig):
                 return values
             return _bapo_from_mapping(values, where)
-    raw = os.environ.get(ENV_VAR)
+    raw = os.environ.get(ENV_VAR, "").strip()
+    if raw in ("paper", "official"):
+        return _bapo_from_mapping({"preset": raw}, ENV_VAR)
     if raw:
         try:
             values = json.loads(raw)
