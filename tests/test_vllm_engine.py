@@ -406,6 +406,18 @@ def test_sleep_is_a_no_op_without_sleep_mode(fake_vllm):
     assert _FakeLLM.instances[0].calls == []
 
 
+def test_sync_sees_tied_embeddings_through_a_ddp_style_wrapper(fake_vllm):
+    class Wrapper(torch.nn.Module):  # like DDP: no `config`, the model under `.module`
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    eng = VLLMEngine("/m")
+    eng.sync_weights(Wrapper(_tiny_llama(tie=True)))
+    (names,) = _FakeLLM.instances[0].inner.loads
+    assert "lm_head.weight" not in names and "model.norm.weight" in names
+
+
 def test_sync_that_fills_nothing_raises(fake_vllm):
     eng = VLLMEngine("/m")
     _FakeLLM.instances[0].inner.load_weights = lambda weights: set()

@@ -216,8 +216,16 @@ def vllm_weights(
 
 
 def _tied(model: Any) -> bool:
-    config = getattr(model, "config", None)
-    return bool(getattr(config, "tie_word_embeddings", False))
+    """Whether ``model`` (possibly inside DDP / ``torch.compile`` wrappers) ties its embeddings."""
+    for _ in range(8):
+        config = getattr(model, "config", None)
+        if config is not None:
+            return bool(getattr(config, "tie_word_embeddings", False))
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            break
+        model = inner
+    return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,13 +281,14 @@ class VLLMEngine(RolloutEngine):
             )
         if max_model_len is not None and max_model_len < 1:
             raise ValueError(f"max_model_len={max_model_len!r} is out of range: allowed >= 1")
-        vllm = _import_vllm()
+        # read lazily by vLLM (and cached once an engine is up): set it before anything else
         flag = os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if flag != "0":
             raise RuntimeError(
                 f"VLLM_ENABLE_V1_MULTIPROCESSING={flag}: the colocated engine needs it 0 so that"
                 " sync_weights reaches the model in this process"
             )
+        vllm = _import_vllm()
         if max_model_len is not None:
             llm_kwargs["max_model_len"] = max_model_len
         self.llm = vllm.LLM(
