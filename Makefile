@@ -34,9 +34,11 @@ lint: venv
 	$(PY) -m ruff check bapo tests bench scripts
 	$(PY) -m ruff format --check bapo tests bench scripts
 
+# tests and notebooks share one embedded-model cache, built once per clone
+test: export BAPO_CACHE ?= $(CURDIR)/.cache/bapo
 test: venv lint
 	$(PY) -m pytest -q tests
-	$(PY) -m pytest -q --nbmake notebooks/
+	$(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/
 
 bench: venv
 	$(PY) bench/bench_loss.py

@@ -555,7 +555,11 @@ def load_model(
         path: str | Path = embedded_model_path(name_or_path, cache_dir)
     else:
         name = str(name_or_path)
-        if name == "embedded" or name.startswith("embedded:"):
+        if name == "smollm2":  # SmolLM2-135M-Instruct from the `smol` extra, no download
+            from bapo.smol import smollm2_path
+
+            path = smollm2_path(cache_dir)
+        elif name == "embedded" or name.startswith("embedded:"):
             task = name.partition(":")[2] or EmbeddedSpec.task
             path = embedded_model_path(EmbeddedSpec(task=task), cache_dir)
         elif Path(name).expanduser().exists():

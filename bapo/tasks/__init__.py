@@ -10,11 +10,13 @@ from collections.abc import Callable
 from bapo.tasks.arithmetic import ArithmeticTask
 from bapo.tasks.base import Example, Prompt, Task
 from bapo.tasks.math_data import MathDataTask, math_reward
+from bapo.tasks.smol_tasks import LargerNumberTask
 
 __all__ = [
     "TASKS",
     "ArithmeticTask",
     "Example",
+    "LargerNumberTask",
     "MathDataTask",
     "Prompt",
     "Task",
@@ -24,6 +26,7 @@ __all__ = [
 
 TASKS: dict[str, Callable[..., Task]] = {
     "arithmetic": ArithmeticTask,
+    "larger-number": LargerNumberTask,  # for SmolLM2-135M (cpu-smollm2)
     "math": MathDataTask.load,  # source=<file or dataset name>
     "math-jsonl": MathDataTask.from_file,  # path=<.jsonl>; the two are one loader by suffix
     "math-parquet": MathDataTask.from_file,  # path=<.parquet>

@@ -347,7 +347,24 @@ def _gpu_qwen_math() -> Config:
     return c
 
 
-PRESETS = {"cpu-tiny": _cpu_tiny, "gpu-qwen2.5-math-1.5b": _gpu_qwen_math}
+def _cpu_smollm2() -> Config:
+    """A real pretrained model on a laptop: SmolLM2-135M-Instruct (the `smol` extra, no hub
+    download) on a chat task it can learn in minutes (which of two numbers is larger)."""
+    c = Config(preset="cpu-smollm2")
+    c.model = ModelConfig(name="smollm2", dtype="float32", device="cpu")
+    c.task = TaskConfig(name="larger-number", options={})
+    c.rollout = RolloutConfig(temperature=1.0, max_new_tokens=16, batch_size=64)
+    c.train = TrainConfig(steps=20, prompts_per_step=4, group_size=8, epochs=2, mini_batches=1,
+                          micro_batch_size=16, lr=5e-6, cpu_threads=0)  # fmt: skip
+    c.run = RunConfig(out_dir="runs/smollm2", eval_every=0)
+    return c
+
+
+PRESETS = {
+    "cpu-tiny": _cpu_tiny,
+    "cpu-smollm2": _cpu_smollm2,
+    "gpu-qwen2.5-math-1.5b": _gpu_qwen_math,
+}
 
 
 def preset(name: str) -> Config:
