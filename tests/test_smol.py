@@ -49,7 +49,7 @@ def test_reward_is_exact_on_hand_cases(completion, reward):
 
 
 def test_sample_is_deterministic_and_answers_are_the_larger_number():
-    task = LargerNumberTask()
+    task = LargerNumberTask(shots=0)
     exs = task.sample(200, random.Random(5))
     assert exs == task.sample(200, random.Random(5))
     for ex in exs:
@@ -60,6 +60,11 @@ def test_sample_is_deterministic_and_answers_are_the_larger_number():
         assert task.reward(ex.answer, ex) == 1.0
         assert task.reward(str(min(a, b)), ex) == 0.0
     assert {ex.meta["a"] > ex.meta["b"] for ex in exs} == {True, False}  # both orders occur
+
+
+def test_default_prompt_has_two_worked_examples():
+    (ex,) = LargerNumberTask().sample(1, random.Random(1))
+    assert [m["role"] for m in ex.prompt] == ["user", "assistant", "user", "assistant", "user"]
 
 
 def test_shots_and_system_message_build_a_chat():

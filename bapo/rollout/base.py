@@ -50,7 +50,7 @@ class RolloutEngine(ABC):
         """One :class:`Generation` per prompt, in order (repeat a prompt G times for a group)."""
 
     def sync_weights(self, model) -> None:  # noqa: B027 - engines sharing the model need nothing
-        """Load the trainer's current weights (called after each optimizer step before a rollout)."""
+        """Load the trainer's current weights (after each optimizer step, before a rollout)."""
 
     def sleep(self) -> None:  # noqa: B027
         """Release memory between rollout phases, where the engine supports it."""

@@ -1,15 +1,15 @@
-"""A task SmolLM2-135M-Instruct can learn with RL on a laptop: say which of two digits is larger.
+"""A task SmolLM2-135M-Instruct learns with RL on a laptop: say which of two digits is larger.
 
-Chosen by measurement among ten candidates (see ``docs/smol.md``): sampled at temperature 1.0
-the instruct model answers "Which number is larger, 3 or 7? Reply with just the number." right
-often enough for GRPO groups to hold both right and wrong answers, yet far from always - it
-rambles, repeats the first number, or never names one.  Copying a word, upper-casing one, the
-next letter, ``<answer>`` tags and one-digit sums all started near 0% at temperature 1.0.
+Chosen by measurement (``docs/smol.md``).  Sampled at temperature 1.0 (top-k and top-p off),
+the instruct model asked "Which number is larger, 3 or 7? Reply with just the number." after
+two worked examples in the chat answers right about 34-45% of the time with a 2-token reply, so
+GRPO groups hold both right and wrong answers; 16 on-policy GRPO steps of 32 samples took it to
+94% on a held-out set on two CPU cores.  Copying a word, upper-casing it, naming the next
+letter, ``<answer>`` tags and one-digit sums all started at 0-8% at temperature 1.0.
 
 The reward reads the **first integer** in the completion: ``"7"``, ``"7."`` and ``"The larger
 number is 7"`` score 1 for ``(3, 7)``; ``"3 is smaller than 7"`` scores 0 (its first number is
-3), as does a reply with no number.  So the model is paid for leading with the right number,
-which it can learn in a few hundred samples.
+3), as does a reply with no number.
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ class LargerNumberTask(Task):
     """Two distinct integers in ``[0, high]``; the answer is the larger one.
 
     ``prompt`` is a chat: an optional system message, ``shots`` worked examples (user question,
-    assistant answer), then the question.  ``max_new_tokens`` is the generation length the
-    accuracy below was measured with.
+    assistant answer; 2 by default, which teaches the reply format), then the question.
+    ``max_new_tokens`` is the generation length the starting accuracy was measured with.
     """
 
     name = "larger-number"
     max_new_tokens = 16
 
-    def __init__(self, high: int = 9, shots: int = 0, system: str | None = None):
+    def __init__(self, high: int = 9, shots: int = 2, system: str | None = None):
         if isinstance(high, bool) or not isinstance(high, int) or not 1 <= high <= 10**6:
             raise ValueError(f"high={high!r} is out of range: allowed integers 1..1000000")
         if isinstance(shots, bool) or not isinstance(shots, int) or not 0 <= shots <= 8:
