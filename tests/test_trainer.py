@@ -183,7 +183,7 @@ def test_engine_gets_new_weights_before_every_rollout_and_sleeps_during_updates(
     assert gens == [0, 2, 4]
     syncs = [v for c, v in calls if c == "sync"]
     assert syncs == [2, 4]
-    for i, (c, v) in enumerate(calls):
+    for i, (c, _v) in enumerate(calls):
         if c == "generate":
             assert calls[i - 1][0] in ("wake", "sync")
     assert [c for c, _ in calls].count("sleep") == 3

@@ -354,8 +354,9 @@ def _cpu_smollm2() -> Config:
     c.model = ModelConfig(name="smollm2", dtype="float32", device="cpu")
     c.task = TaskConfig(name="larger-number", options={})
     c.rollout = RolloutConfig(temperature=1.0, max_new_tokens=16, batch_size=64)
+    # lr 1e-5: held-out accuracy 45% -> 94% in 16 on-policy steps of 4 x 8 (docs/smol.md)
     c.train = TrainConfig(steps=20, prompts_per_step=4, group_size=8, epochs=2, mini_batches=1,
-                          micro_batch_size=16, lr=5e-6, cpu_threads=0)  # fmt: skip
+                          micro_batch_size=32, lr=1e-5, cpu_threads=0)  # fmt: skip
     c.run = RunConfig(out_dir="runs/smollm2", eval_every=0)
     return c
 
