@@ -52,18 +52,19 @@ class AlgoConfig:
     name: str = "bapo"
     c_low: float = 0.8  # for name == "fixed"
     c_high: float = 1.2
-    rho0: float = 0.4
-    a_minus: float = 0.6
-    b_minus: float = 0.9
-    a_plus: float = 1.2
-    b_plus: float = 3.0
-    delta1: float = 0.05
-    delta2: float = 0.02
-    order: str = "paper"
-    contribution: str = "gradient"
-    target: str = "share"
-    rollout_weight: bool = True
-    dual_clip: float | None = None
+    # BAPO's fields default to BAPOConfig's (the paper's Section 5.1 values)
+    rho0: float = BAPOConfig.rho0
+    a_minus: float = BAPOConfig.a_minus
+    b_minus: float = BAPOConfig.b_minus
+    a_plus: float = BAPOConfig.a_plus
+    b_plus: float = BAPOConfig.b_plus
+    delta1: float = BAPOConfig.delta1
+    delta2: float = BAPOConfig.delta2
+    order: str = BAPOConfig.order
+    contribution: str = BAPOConfig.contribution
+    target: str = BAPOConfig.target
+    rollout_weight: bool = BAPOConfig.rollout_weight
+    dual_clip: float | None = BAPOConfig.dual_clip
     agg: str = "token-mean"
     scale_advantages: bool = True
 
