@@ -187,3 +187,30 @@ def test_engine_gets_new_weights_before_every_rollout_and_sleeps_during_updates(
         if c == "generate":
             assert calls[i - 1][0] in ("wake", "sync")
     assert [c for c, _ in calls].count("sleep") == 3
+
+
+def test_vllm_engine_is_built_from_the_config(tmp_path, embedded_model, monkeypatch):
+    """rollout.engine=vllm builds the colocated engine from the run's settings (vLLM itself
+    cannot run here: a stand-in records the arguments and samples with the HF engine)."""
+    import bapo.rollout.vllm as vllm_mod
+    from bapo.rollout.hf import HFEngine
+
+    built = {}
+    model, tok = embedded_model
+
+    class StandIn(HFEngine):
+        def __init__(self, model_path, **kwargs):
+            built.update(kwargs, model=model_path)
+            super().__init__(trainer_model["m"], tok.eos_token_id, tok.pad_token_id)
+
+    trainer_model = {}
+    monkeypatch.setattr(vllm_mod, "VLLMEngine", StandIn)
+    import copy
+
+    m = copy.deepcopy(model)
+    trainer_model["m"] = m
+    cfg = tiny(tmp_path, "bapo", "rollout.engine=vllm", "rollout.gpu_memory_utilization=0.25")
+    Trainer(cfg, model=m, tokenizer=tok).train()
+    assert built["gpu_memory_utilization"] == 0.25 and built["enable_sleep_mode"] is True
+    assert built["dtype"] == "bfloat16" and built["stop_token_ids"] == [tok.eos_token_id]
+    assert built["model"] == m.name_or_path  # the folder the trained model came from
