@@ -11,13 +11,17 @@ import argparse
 import sys
 import time
 
-from bapo.train.config import ALGOS, PRESETS, load_config
+from bapo.train.config import ALGOS, PRESETS, SCENARIOS, load_config
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help=f"one of {', '.join(sorted(PRESETS))}")
     p.add_argument("--config", default=None, help="a YAML config file (instead of a preset)")
     p.add_argument("--out", default=None, help="run folder (run.out_dir)")
+    p.add_argument(
+        "--scenario", default=None, choices=list(SCENARIOS),
+        help="off-policy scenario: epochs (reused batches), replay, partial (rollouts)",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="section.field=value, e.g. algo.rho0=0.5")
 
 
@@ -40,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"run.out_dir={args.out}")
     try:
         if args.cmd == "train":
-            cfg = load_config(args.preset, args.config, args.algo, overrides)
+            cfg = load_config(args.preset, args.config, args.algo, overrides, args.scenario)
             from bapo.train.trainer import Trainer
 
             Trainer(cfg, resume=args.resume).train()
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not args.out:
                 overrides.append(f"run.out_dir=runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
-            cfg = load_config(args.preset, args.config, None, overrides)
+            cfg = load_config(args.preset, args.config, None, overrides, args.scenario)
             from bapo.train.compare import run_compare
 
             algos = [a.strip() for a in args.algos.split(",") if a.strip()]

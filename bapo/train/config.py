@@ -375,13 +375,22 @@ def preset(name: str) -> Config:
     return PRESETS[name]()
 
 
+# The paper's off-policy scenarios (Section 5.3) on top of E x M updates per batch, as overrides.
+SCENARIOS: dict[str, list[str]] = {
+    "epochs": [],  # staleness from reusing each batch (train.epochs x train.mini_batches)
+    "replay": ["offpolicy.replay_fraction=0.5", "offpolicy.replay_max_age=4"],
+    "partial": ["offpolicy.partial_budget=2"],  # completions grow 2 tokens per step
+}
+
+
 def load_config(
     preset_name: str | None = None,
     config_file: str | None = None,
     algo: str | None = None,
     overrides: list[str] | None = None,
+    scenario: str | None = None,
 ) -> Config:
-    """Preset (or config file), then ``--algo``, then ``section.field=value`` overrides."""
+    """Preset (or config file), then ``--algo``, the scenario, then ``section.field=value``."""
     if config_file:
         cfg = Config.from_yaml(config_file)
     else:
@@ -390,6 +399,10 @@ def load_config(
         if algo not in ALGOS:
             raise ValueError(f"unknown algorithm {algo!r}: allowed {', '.join(ALGOS)}")
         cfg.algo.name = algo
+    if scenario is not None:
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r}: allowed {', '.join(SCENARIOS)}")
+        overrides = SCENARIOS[scenario] + list(overrides or [])
     if overrides:
         cfg = cfg.override(overrides)
     return cfg.validate()

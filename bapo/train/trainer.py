@@ -27,6 +27,7 @@ import torch
 from bapo.loss import BAPOConfig, FixedClip, grpo_advantages, policy_loss, search_bounds
 from bapo.models import META_FILE
 from bapo.rollout.base import RolloutEngine
+from bapo.rollout.mismatch import logprob_mismatch
 from bapo.train.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
 from bapo.train.config import Config
 from bapo.train.logprobs import completion_logprobs, pack
@@ -306,11 +307,12 @@ class Trainer:
             g.completion_ids = g.completion_ids[: cap - len(tr.completion_ids)]
             g.logprobs = g.logprobs[: len(g.completion_ids)]
         behaviour, entropy = self.behaviour_logprobs(gens)
-        mismatch = []
+        engine_lp, trainer_lp = [], []
         for tr, g, lp in zip(active, gens, behaviour):
             start = len(tr.completion_ids)
             tr.extend(g.completion_ids, lp, g.logprobs, self.version)
-            mismatch += [abs(a - b) for a, b in zip(g.logprobs, lp)]
+            engine_lp += g.logprobs[: len(lp)]
+            trainer_lp += lp[: len(g.logprobs)]
             tr.eos = bool(g.completion_ids) and g.completion_ids[-1] in _eos_ids(self.tokenizer)
             tr.finished = tr.eos or len(tr.completion_ids) >= cap
             if self.segment_hook is not None:
@@ -359,7 +361,7 @@ class Trainer:
             "completion/finished_frac": _mean(torch.tensor([tr.eos for tr in done])),
             "entropy/mean": sum(sum(e) for e in entropy) / max(n_tok, 1),
             "rollout/generated_tokens": n_tok,
-            "rollout/logprob_mismatch": sum(mismatch) / max(len(mismatch), 1),
+            **_mismatch(engine_lp, trainer_lp),
             "offpolicy/groups_done": len(done_groups),
             "offpolicy/carried_over": sum(
                 not tr.finished for ts in self.pending.values() for tr in ts
@@ -552,6 +554,15 @@ def _flatten(current, parts):
         olds.append(old[m])
         advs.append(adv[:, None].expand_as(m)[m])
     return torch.cat(lps), torch.cat(olds), torch.cat(advs)
+
+
+def _mismatch(engine_lp: list[float], trainer_lp: list[float]) -> dict:
+    """The rollout/train log-prob gap of this step's new tokens (an engine in another precision
+    or batch shape samples from a slightly different pi_rollout than the trainer recomputes)."""
+    try:
+        return logprob_mismatch(torch.tensor(engine_lp), torch.tensor(trainer_lp)).as_metrics()
+    except ValueError:  # a non-finite engine log-prob: report, do not stop the run
+        return {"rollout/logprob_abs_diff_mean": math.nan, "rollout/logprob_abs_diff_max": math.nan}
 
 
 def _eos_ids(tokenizer) -> set[int]:
