@@ -426,7 +426,7 @@ def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool) -> SearchPath
     lo_grid, hi_grid = l64.to(ratio.dtype), h64.to(ratio.dtype)
     grid = torch.cat([-lo_grid.flip(0), hi_grid])
     is_pos = adv > 0
-    query = torch.where(is_pos, ratio, -ratio)
+    query = ratio * adv.sign().to(ratio.dtype)  # r for A > 0, -r for A < 0 (A = 0 weighs 0)
     bucket = torch.bucketize(query, grid, right=True, out_int32=True)
     bucket.add_(is_pos)  # positives land in buckets n_low + 2 and up
     # A = 0 tokens weigh nothing.  Under the gradient measure a dual-clipped negative token is

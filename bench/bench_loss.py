@@ -50,6 +50,21 @@ def timeit(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
+def interleaved(fns, repeat: int) -> list[float]:
+    """Median time of each function, the functions run in turn ``repeat`` times."""
+    for fn in fns:
+        fn()  # warm up
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=1_000_000)
@@ -75,8 +90,10 @@ def main() -> None:
         loss.backward()
 
     bounds = search_bounds(lp0, old, adv, mask, cfg)
-    t_fixed = timeit(lambda: run_loss(FixedClip.grpo()), args.repeat)
-    t_bapo = timeit(lambda: run_loss(cfg), args.repeat)
+    # interleave the two so that drift in machine load hits both alike
+    t_fixed, t_bapo = interleaved(
+        [lambda: run_loss(FixedClip.grpo()), lambda: run_loss(cfg)], 2 * args.repeat
+    )
     t_vec = timeit(lambda: search_bounds(lp0, old, adv, mask, cfg), args.repeat)
     t_loop = timeit(lambda: loop_search(lp0, old, adv, mask, cfg), max(1, args.repeat // 2))
     loop = loop_search(lp0, old, adv, mask, cfg)
