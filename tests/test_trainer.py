@@ -214,3 +214,15 @@ def test_vllm_engine_is_built_from_the_config(tmp_path, embedded_model, monkeypa
     assert built["gpu_memory_utilization"] == 0.25 and built["enable_sleep_mode"] is True
     assert built["dtype"] == "bfloat16" and built["stop_token_ids"] == [tok.eos_token_id]
     assert built["model"] == m.name_or_path  # the folder the trained model came from
+
+
+def test_stale_batch_ratios_move_only_after_updates(tmp_path, embedded_model):
+    from bapo.train.snapshot import stale_batch
+
+    fresh = stale_batch(tiny(tmp_path / "a"), updates=0)
+    assert torch.allclose(fresh.ratio, torch.ones_like(fresh.ratio), atol=1e-4)
+    stale = stale_batch(tiny(tmp_path / "b"), updates=3)
+    assert stale.ratio.numel() == len(stale.advantages) > 0
+    assert (stale.ratio - 1).abs().max() > 1e-2  # the policy moved on: r != 1
+    with pytest.raises(ValueError, match="updates=-1"):
+        stale_batch(tiny(tmp_path / "c"), updates=-1)

@@ -441,6 +441,13 @@ class Trainer:
         adv = torch.tensor([s.advantage for s in batch])
         return packed, old.to(self.device), adv.to(self.device), ver.to(self.device)
 
+    @torch.no_grad()
+    def logprob_batch(self, samples: list[Sample]):
+        """``(log_probs, old_log_probs, advantages, mask)`` of ``samples`` on the completion grid:
+        the current policy's log-probs next to the behaviour policy's."""
+        packed, old, adv, _ver = self._collate(samples)
+        return self._logprobs(packed), old, adv, packed.completion_mask
+
     def _logprobs(self, packed) -> torch.Tensor:
         with self._autocast():
             lp, _ = completion_logprobs(
