@@ -12,6 +12,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from bapo.loss import BAPOConfig
+
 # (metric, panel title) in the order the report shows them
 REPORT_METRICS = [
     ("reward/mean", "reward"),
@@ -68,6 +70,10 @@ def compare_figure(
                            legendgroup=algo, showlegend=i == 0),
                 row, col,
             )  # fmt: skip
+    for i, (key, _t) in enumerate(metrics):
+        if key == "bapo/rho":  # the paper's target share rho0
+            fig.add_hline(y=BAPOConfig.rho0, line_dash="dash", annotation_text="rho0",
+                          row=i // cols + 1, col=i % cols + 1)  # fmt: skip
     fig.update_layout(height=280 * rows, title=title or None, margin=dict(t=60, b=30))
     return fig
 
