@@ -92,9 +92,9 @@ def test_live_dashboard_grows_with_records():
     cb = dash.callback("bapo")
     for rec in records([2.0, 1.5, 1.2]):
         cb(rec)
-    if dash.widget is not None:
-        tr = next(t for t in dash.widget.data if t.name == "bapo" and len(t.y))
-        assert list(tr.y) == [2.0, 1.5, 1.2]
+    assert dash.widget is not None  # anywidget comes with the notebooks extra
+    tr = next(t for t in dash.widget.data if t.name == "bapo" and len(t.y))
+    assert list(tr.y) == [2.0, 1.5, 1.2]
     static = dash.figure()
     assert any(list(t.y) == [2.0, 1.5, 1.2] for t in static.data)
 

@@ -4,6 +4,7 @@ and command-line overrides such as ``algo.rho0=0.5``."""
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -280,7 +281,7 @@ def _coerce(value, hint, name: str):
         if type(None) in args or hint is Any:
             return None
         raise ValueError(f"{name} must not be empty")
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+    if origin is typing.Union or origin is types.UnionType:  # Optional[X] or X | None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], name) if len(inner) == 1 else value
     if hint is bool:
