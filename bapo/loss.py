@@ -26,12 +26,24 @@ the authors' public code differ:
     raises ``c_low`` first, so under this measure its first phase can only move ``rho`` away from
     the target.  The toolkit keeps both so that this subtlety can be seen, not hidden.
 
-``w`` is ``pi_rollout(y_t)`` when ``rollout_weight=True`` (Eq. 8 as printed) and ``1`` otherwise
-(the public code).
+``w`` is ``1`` by default and ``pi_rollout(y_t)`` when ``rollout_weight=True``.  Why ``1``: Eq. 8
+(like Eq. 5, and the entropy derivation it comes from) is printed as a sum over the *vocabulary*
+weighted by the policy, i.e. an expectation ``E_{y ~ pi_rollout}[...]``.  A batch of *sampled*
+tokens is already drawn from ``pi_rollout``, so the Monte-Carlo estimate of that expectation is
+the plain sum over the sampled tokens - what the authors' public code computes.  Multiplying each
+sampled token by ``pi_rollout(y_t)`` once more estimates ``sum_y pi_rollout(y)^2 ...`` instead, a
+different quantity that favours confident tokens ("Eq. 8 read literally over sampled tokens");
+``tests/test_loss.py`` shows on a vocabulary where the sum is exact that the plain estimate
+converges to Eq. 8 and the weighted one does not.
+
+The ``"gradient"`` measure is this toolkit's reading of Eq. 8: as typeset, Eq. 8 measures loss
+*values* (``min(r*A, clip(r)*A)`` summed over positive and over negative tokens, with absolute
+values around the signed sums), which is the ``"value"`` measure.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -118,8 +130,9 @@ class BAPOConfig:
     * ``target="share"``: ``rho0`` is the positive share ``pos / (pos + neg)`` of Eq. 8, in (0, 1).
       ``target="ratio"``: ``rho0`` bounds ``pos / neg`` as in the public code, in (0, inf);
       a ratio ``q`` equals a share ``q / (1 + q)``.
-    * ``rollout_weight``: weight each token by ``pi_rollout(y_t)`` as Eq. 8 is printed (the public
-      code does not).
+    * ``rollout_weight``: weight each sampled token once more by ``pi_rollout(y_t)`` (Eq. 8 read
+      literally over sampled tokens).  Off by default: the plain sum over sampled tokens is the
+      estimate of Eq. 8's expectation, as in the public code (see the module docstring).
     * ``dual_clip``: also clip negative tokens at ``r >= dual_clip`` (public code: 3.0).
     """
 
@@ -134,7 +147,7 @@ class BAPOConfig:
     contribution: Literal["gradient", "value"] = "gradient"
     dual_clip: float | None = None
     target: Literal["share", "ratio"] = "share"
-    rollout_weight: bool = True
+    rollout_weight: bool = False
 
     def __post_init__(self):
         if self.target not in ("share", "ratio"):
@@ -574,6 +587,7 @@ def policy_loss(
     agg: str = "token-mean",
     *,
     count: float | None = None,
+    rollout_weight: bool | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """The clipped policy-gradient loss (negated Eq. 4; Algorithm 1 line 19 for BAPO).
 
@@ -586,6 +600,8 @@ def policy_loss(
     :func:`search_bounds` on this batch).  ``agg`` is one of ``token-mean``,
     ``seq-mean-token-sum``, ``seq-mean-token-mean``.  ``count`` overrides the divisor (tokens or
     sequences) when one mini-batch is split into micro-batches for gradient accumulation.
+    ``rollout_weight`` sets the Eq. 8 weight of the reported ``rho`` (and of a BAPO search);
+    ``None`` takes the BAPO config's, or ``False`` (the plain sampled sum) for a fixed clip.
     """
     clip = FixedClip() if clip is None else clip
     if agg not in AGG_MODES:
@@ -595,8 +611,12 @@ def policy_loss(
     if not isinstance(clip, (BAPOConfig, FixedClip)):
         raise TypeError(f"clip must be a FixedClip or a BAPOConfig, got {type(clip).__name__}")
     ratio = importance_ratio(log_probs, old_log_probs)
-    # Eq. 8's weight: the BAPO config says; a fixed clip is measured as Eq. 8 is printed
-    weighted = clip.rollout_weight if isinstance(clip, BAPOConfig) else True
+    # Eq. 8's weight: the caller says, else the BAPO config, else the plain sampled sum
+    if rollout_weight is None:
+        rollout_weight = clip.rollout_weight if isinstance(clip, BAPOConfig) else False
+    if isinstance(clip, BAPOConfig) and rollout_weight != clip.rollout_weight:
+        clip = dataclasses.replace(clip, rollout_weight=rollout_weight)
+    weighted = rollout_weight
     with torch.no_grad():
         abs_w = _abs_weight(advantages, mask, old_log_probs, weighted, ratio.dtype)
     if isinstance(clip, BAPOConfig):

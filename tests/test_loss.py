@@ -394,3 +394,50 @@ def test_grpo_advantages_hand_computed():
         grpo_advantages(r, 1)
     with pytest.raises(ValueError, match="divisible"):
         grpo_advantages(r, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 8 over sampled tokens: the plain sum estimates it, the pi_rollout-weighted sum does not
+# ---------------------------------------------------------------------------------------------
+def _vocab_policy():
+    """A 12-token vocabulary: confident positive tokens, low-probability negative ones."""
+    g = torch.Generator().manual_seed(3)
+    z_old = torch.linspace(2.0, -2.0, 12, dtype=torch.float64)
+    z_new = z_old + 0.4 * torch.randn(12, generator=g, dtype=torch.float64)
+    adv = torch.tensor([1.0, 0.7, -0.4, 1.2, -1.0, 0.5, -0.8, -1.5, -0.6, -1.1, 0.9, -0.7],
+                       dtype=torch.float64)  # fmt: skip
+    return torch.log_softmax(z_old, 0), torch.log_softmax(z_new, 0), adv
+
+
+@pytest.mark.parametrize("contribution", ["gradient", "value"])
+def test_eq8_sampled_plain_sum_converges_to_the_vocabulary_sum(contribution):
+    from bapo.loss import contribution_sums, importance_ratio, share
+
+    old, new, adv = _vocab_policy()
+    pi_old = old.exp()
+    ratio = importance_ratio(new, old)
+    c_low, c_high = 0.8, 1.2
+    assert ((ratio >= c_high) & (adv > 0)).any() and ((ratio <= c_low) & (adv < 0)).any()
+    kw = dict(contribution=contribution)
+    # Eq. 8 as printed: a sum over the vocabulary weighted by pi_rollout (an expectation)
+    exact = share(*contribution_sums(ratio, adv, pi_old, c_low, c_high, **kw))
+    # what the pi_rollout-weighted sampled sum estimates instead: weights pi_rollout^2
+    squared = share(*contribution_sums(ratio, adv, pi_old**2, c_low, c_high, **kw))
+    assert abs(float(exact - squared)) > 0.05  # the two quantities differ on this vocabulary
+
+    g = torch.Generator().manual_seed(0)
+    ys = torch.multinomial(pi_old, 400_000, replacement=True, generator=g)  # y ~ pi_rollout
+    cfg = BAPOConfig(contribution=contribution)
+    rule = FixedClip(c_low, c_high)
+    plain = policy_loss(new[ys], old[ys], adv[ys], clip=rule, rollout_weight=False)[1]
+    weighted = policy_loss(new[ys], old[ys], adv[ys], clip=rule, rollout_weight=True)[1]
+    key = "rho_gradient" if contribution == "gradient" else "rho_value"
+    # standard error of a share from 400k draws is ~1e-3: 5e-3 is a 5-sigma band
+    assert getattr(plain, key) == pytest.approx(float(exact), abs=5e-3)
+    assert getattr(weighted, key) == pytest.approx(float(squared), abs=5e-3)
+    assert abs(getattr(weighted, key) - float(exact)) > 0.04
+    # and the BAPO search measures with the config's weight, off by default
+    assert not cfg.rollout_weight
+    at_start = search_path(new[ys], old[ys], adv[ys], None, BAPOConfig(
+        contribution=contribution, a_minus=c_low, b_minus=0.9, a_plus=c_high))  # fmt: skip
+    assert float(at_start.rho[0]) == pytest.approx(float(exact), abs=5e-3)

@@ -510,9 +510,10 @@ class Trainer:
             self.version += 1
             self.nonfinite_in_a_row = 0
 
-        # What this update saw, measured the same way for every algorithm (Eq. 8 as printed).
+        # What this update saw, measured the same way for every algorithm (Eq. 8's weight is
+        # algo.rollout_weight: by default the plain sum over sampled tokens).
         with torch.no_grad():
-            _, st = policy_loss(*flat, None, rule)
+            _, st = policy_loss(*flat, None, rule, rollout_weight=cfg.algo.rollout_weight)
         rec = st.as_metrics()
         rec.update({
             "policy/loss": total_loss,

@@ -36,7 +36,7 @@ class TokenBatch:
 
 
 def balance(
-    batch: TokenBatch, c_low: float, c_high: float, contribution="gradient", rollout_weight=True
+    batch: TokenBatch, c_low: float, c_high: float, contribution="gradient", rollout_weight=False
 ) -> dict:
     """Positive and negative sums of Eq. 8 at these bounds, the share, and clip counts."""
     r = batch.ratio
@@ -60,7 +60,7 @@ def balance_figure(
     c_low: float = 0.8,
     c_high: float = 1.2,
     contribution: str = "gradient",
-    rollout_weight: bool = True,
+    rollout_weight: bool = False,
     rho0: float = 0.4,
 ) -> go.Figure:
     """Left: each side's share of the loss (Figure 4).  Right: the token map (Figure 5) -
@@ -120,7 +120,7 @@ def balance_widget(batch: TokenBatch, rho0: float = 0.4):
         c_low=w.FloatSlider(value=0.8, min=0.5, max=1.0, step=0.01, description="c_low"),
         c_high=w.FloatSlider(value=1.2, min=1.0, max=3.0, step=0.05, description="c_high"),
         contribution=w.ToggleButtons(options=["gradient", "value"], description="measure"),
-        rollout_weight=w.Checkbox(value=True, description="pi_rollout weight"),
+        rollout_weight=w.Checkbox(value=False, description="pi_rollout weight"),
     )
 
 
