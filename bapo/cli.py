@@ -2,7 +2,7 @@
 
 bapo train --preset cpu-tiny --algo bapo [algo.rho0=0.5 train.steps=20 ...]
 bapo train --config my.yaml --resume
-bapo compare --preset cpu-tiny --algos grpo,clip-higher,bapo --seeds 3 --staleness 4
+bapo compare --preset cpu-guess --algos grpo,clip-higher,bapo --seeds 3 --staleness 1,4
 """
 
 from __future__ import annotations
@@ -25,6 +25,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="section.field=value, e.g. algo.rho0=0.5")
 
 
+def _staleness_levels(text: str | None) -> int | list[int] | None:
+    """``"4"`` -> 4, ``"1,4,8"`` -> [1, 4, 8]; anything else names --staleness."""
+    if text is None:
+        return None
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        levels = []
+    if not levels or any(s < 1 for s in levels):
+        raise ValueError(
+            f"--staleness={text!r} is not allowed: use integers >= 1, one or a list like 1,4,8"
+        )
+    return levels[0] if len(levels) == 1 else levels
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bapo", description="BAPO: train and compare off-policy RL")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -36,7 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     _common(cp)
     cp.add_argument("--algos", default="grpo,clip-higher,bapo")
     cp.add_argument("--seeds", type=int, default=3)
-    cp.add_argument("--staleness", type=int, default=None, help="policy updates per batch")
+    cp.add_argument(
+        "--staleness", default=None,
+        help="policy updates per rollout batch; a list such as 1,4,8 compares levels",
+    )  # fmt: skip
+    cp.add_argument(
+        "--via", default="epochs", choices=["epochs", "mini-batches"],
+        help="how a batch serves S updates (both matched by updates, see bapo.train.compare): "
+        "epochs (S passes, the paper's ppo_epoch) or mini-batches (S fresh mini-batches)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     overrides = list(args.overrides)
@@ -56,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             from bapo.train.compare import run_compare
 
             algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-            run_compare(cfg, algos, args.seeds, cfg.run.out_dir, staleness=args.staleness)
+            levels = _staleness_levels(args.staleness)
+            run_compare(cfg, algos, args.seeds, cfg.run.out_dir, staleness=levels, via=args.via)
     except (ValueError, FileNotFoundError) as e:
         print(f"bapo: error: {e}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -66,8 +67,30 @@ CHARS = "0123456789+-*/=()[]{}<>.,:;?!'\"^_\\ \n" + string.ascii_lowercase + str
 ACCEPT_BAND = (0.10, 0.60)  # a start accuracy outside it is warned about: RL learns little there
 EMBEDDED_TASKS: dict[str, dict[str, Any]] = {  # toy tasks an embedded model can be built for
     "arithmetic": {"digits": 1, "ops": "+-*"},
+    "guess-check": {},
+}
+# What differs from EmbeddedSpec's defaults per task (EmbeddedSpec.for_task applies it).
+# guess-check (docs/science.md, round 3): no label smoothing - the model must learn to *check* a
+# guess, and its uncertainty lies in the guesses; a fixed 1200 SFT steps of 256 traces (about
+# 3 minutes on one core) teach checking, while 12 new tokens leave room for about 3 guesses, so
+# sampled accuracy stays near 0.17 and wrong answers run to the cap.
+EMBEDDED_SPECS: dict[str, dict[str, Any]] = {
+    "arithmetic": {},
+    "guess-check": {
+        "label_smoothing": 0.0,
+        "max_new_tokens": 12,
+        "max_steps": 1200,
+        "batch_size": 256,
+        "target_band": None,
+        "eval_every": 400,
+        "eval_n": 256,
+    },
 }
 BUILD_COUNT = 0  # embedded builds done by this process (tests check cache reuse with it)
+# Embedded models whose build takes minutes ship inside the package, exactly as
+# build_embedded(spec) wrote them (``python -m bapo.models guess-check`` rebuilds one);
+# embedded_model_path copies them into the cache instead of building.
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 _BUILD_THREADS = 1  # tiny matmuls: 1 thread beats 2 (5-10x on a busy 2-core box), and is steadier
 
 
@@ -215,7 +238,8 @@ class EmbeddedSpec:
 
     SFT stops at the first periodic check (every ``eval_every`` steps, ``eval_n`` sampled answers)
     whose accuracy reaches ``target_band[0]``; past ``target_band[1]`` it rolls back to the last
-    check and goes on one step at a time, so a fast learner does not overshoot the band.
+    check and goes on one step at a time, so a fast learner does not overshoot the band.  With
+    ``target_band=None`` it runs exactly ``max_steps`` steps (checks are only recorded).
     """
 
     task: str = "arithmetic"
@@ -231,7 +255,7 @@ class EmbeddedSpec:
     max_steps: int = 1500
     eval_every: int = 10
     eval_n: int = 512
-    target_band: tuple[float, float] = (0.30, 0.45)
+    target_band: tuple[float, float] | None = (0.30, 0.45)  # None: exactly max_steps
     max_new_tokens: int = 8
 
     def __post_init__(self):
@@ -242,7 +266,8 @@ class EmbeddedSpec:
             )
         kwargs = dict(EMBEDDED_TASKS[self.task] if self.task_kwargs is None else self.task_kwargs)
         object.__setattr__(self, "task_kwargs", kwargs)
-        object.__setattr__(self, "target_band", tuple(self.target_band))
+        if self.target_band is not None:
+            object.__setattr__(self, "target_band", tuple(self.target_band))
         for name, lo in [
             ("hidden_size", 1), ("num_layers", 1), ("num_heads", 1), ("intermediate_size", 1),
             ("seed", 0), ("batch_size", 1), ("max_steps", 0), ("eval_every", 1), ("eval_n", 1),
@@ -259,6 +284,9 @@ class EmbeddedSpec:
         ls = self.label_smoothing
         if isinstance(ls, bool) or not (isinstance(ls, (int, float)) and 0 <= ls < 1):
             raise ValueError(f"label_smoothing={ls!r} is out of range: allowed [0, 1)")
+        if self.target_band is None:  # a fixed number of SFT steps
+            self.make_task()
+            return
         lo, hi = self.target_band if len(self.target_band) == 2 else (None, None)
         if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 < lo < hi <= 1):
             raise ValueError(
@@ -267,12 +295,23 @@ class EmbeddedSpec:
             )
         self.make_task()  # bad task_kwargs fail here, naming the field
 
+    @classmethod
+    def for_task(cls, task: str = "arithmetic", **overrides) -> EmbeddedSpec:
+        """The spec of ``task``'s embedded model: its :data:`EMBEDDED_SPECS` entry, then
+        ``overrides``."""
+        if task not in EMBEDDED_SPECS:
+            raise ValueError(
+                f"task={task!r} is not allowed: embedded models exist for "
+                f"{', '.join(sorted(EMBEDDED_SPECS))}"
+            )
+        return cls(task=task, **{**EMBEDDED_SPECS[task], **overrides})
+
     def make_task(self) -> Task:
         return TASKS[self.task](**self.task_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["target_band"] = list(self.target_band)
+        d["target_band"] = None if self.target_band is None else list(self.target_band)
         return d
 
     def key(self) -> str:
@@ -409,7 +448,7 @@ def _sft(model, tokenizer, task: Task, spec: EmbeddedSpec) -> tuple[list[list[fl
     """Supervised warm start until sampled accuracy reaches the band; returns (history, steps)."""
     rng = random.Random(spec.seed)
     stop_set = task.sample(spec.eval_n, random.Random(spec.seed + 1))  # not the eval set
-    lo, hi = spec.target_band
+    lo, hi = spec.target_band or (math.inf, math.inf)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
     history: list[list[float]] = []
     every, step = spec.eval_every, 0
@@ -479,7 +518,8 @@ def default_cache_dir() -> Path:
 def embedded_model_path(
     spec: EmbeddedSpec | None = None, cache_dir: str | Path | None = None
 ) -> Path:
-    """The cached folder of the embedded model of ``spec``, building it first if missing.
+    """The cached folder of the embedded model of ``spec``, building it first if missing
+    (or copying it from :data:`SHIPPED_DIR` when the package ships that exact spec's build).
 
     The build goes to a temporary folder beside the cache entry and is renamed into place, so an
     interrupted build never leaves a half-written model behind.
@@ -490,11 +530,16 @@ def embedded_model_path(
     if (final / META_FILE).is_file():
         return final
     cache.mkdir(parents=True, exist_ok=True)
-    log.info("building the embedded model %s (one-off, under a minute)", final)
+    shipped = SHIPPED_DIR / spec.folder_name
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.folder_name}.", dir=cache))
     tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache should stay readable
     try:
-        build_embedded(spec, tmp)
+        if (shipped / META_FILE).is_file():  # built by build_embedded(spec) and shipped
+            log.info("copying the shipped embedded model %s to %s", shipped.name, final)
+            shutil.copytree(shipped, tmp, dirs_exist_ok=True)
+        else:
+            log.info("building the embedded model %s (one-off, a minute or a few)", final)
+            build_embedded(spec, tmp)
         if final.exists() and not (final / META_FILE).is_file():
             shutil.rmtree(final)  # an incomplete leftover, not a build that just finished
         try:
@@ -561,7 +606,7 @@ def load_model(
             path = smollm2_path(cache_dir)
         elif name == "embedded" or name.startswith("embedded:"):
             task = name.partition(":")[2] or EmbeddedSpec.task
-            path = embedded_model_path(EmbeddedSpec(task=task), cache_dir)
+            path = embedded_model_path(EmbeddedSpec.for_task(task), cache_dir)
         elif Path(name).expanduser().exists():
             path = Path(name).expanduser()
         elif isinstance(name_or_path, Path) or _looks_like_path(name):
@@ -580,3 +625,26 @@ def load_model(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bapo.models TASK [--out DIR]``: build TASK's embedded model afresh (no cache,
+    no shipped copy) and print its metadata; ``--out bapo/shipped/<folder>`` refreshes a shipped
+    one."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bapo.models", description=main.__doc__)
+    ap.add_argument("task", choices=sorted(EMBEDDED_SPECS))
+    ap.add_argument("--out", default=None, help="folder to write (default: a temporary one)")
+    a = ap.parse_args(argv)
+    spec = EmbeddedSpec.for_task(a.task)
+    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix=spec.folder_name + "."))
+    meta = build_embedded(spec, out)
+    keep = ("key", "params", "sft_steps", "start_accuracy", "greedy_accuracy", "build_seconds")
+    print(json.dumps({k: meta[k] for k in keep}, indent=1))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -45,6 +45,8 @@ __all__ = [
     "QUADRANTS",
     "TABLE4",
     "Bandit",
+    "BatchQuadrants",
+    "batch_quadrants",
     "LogitStep",
     "SimResult",
     "TokenDecomposition",
@@ -329,6 +331,54 @@ def decompose(
     )
 
 
+@dataclass(frozen=True)
+class BatchQuadrants:
+    """App. B.4.2 on a batch of *sampled* tokens: Eq. 6's entropy change split by quadrant.
+
+    Per token ``t`` the term is ``-(log pi(y_t) - m) * (A_t - b)`` with ``m`` the batch mean of
+    ``log pi`` and ``b = E_retained[A]`` (Definition 1), divided by the number of tokens: the
+    sample estimate of ``-Cov(log pi, A X)`` (Eq. 6 with ``eta = 1``).  ``kept`` sums the terms
+    of unclipped tokens (``X = 1``, Eq. 7): what the update does to entropy.  ``clipped`` sums the
+    terms the bounds removed: what the update *would* have done with those tokens.  Keys are
+    Table 4's quadrants, e.g. ``"low prob, high adv"``.
+    """
+
+    n: dict[str, int]
+    n_clipped: dict[str, int]
+    kept: dict[str, float]
+    clipped: dict[str, float]
+
+    @property
+    def total_kept(self) -> float:
+        return sum(self.kept.values())
+
+    @property
+    def total_clipped(self) -> float:
+        return sum(self.clipped.values())
+
+
+def batch_quadrants(
+    log_probs: torch.Tensor, advantages: torch.Tensor, keep: torch.Tensor
+) -> BatchQuadrants:
+    """Table 4's quadrants on sampled tokens (1-D tensors of equal length; see
+    :class:`BatchQuadrants`).  ``keep`` is ``X`` of Eq. 7."""
+    lp, adv = _f64(log_probs).reshape(-1), _f64(advantages).reshape(-1)
+    keep = keep.reshape(-1).to(torch.bool)
+    n_tok = max(lp.numel(), 1)
+    m = lp.mean() if lp.numel() else torch.tensor(0.0, dtype=torch.float64)
+    b = adv[keep].mean() if keep.any() else torch.tensor(0.0, dtype=torch.float64)
+    term = -(lp - m) * (adv - b) / n_tok
+    high_prob, high_adv = lp > m, adv > b
+    n, n_clipped, kept, clipped = {}, {}, {}, {}
+    for (hp, ha), name in QUADRANTS.items():
+        q = (high_prob == hp) & (high_adv == ha)
+        n[name] = int(q.sum())
+        n_clipped[name] = int((q & ~keep).sum())
+        kept[name] = float(term[q & keep].sum())
+        clipped[name] = float(term[q & ~keep].sum())
+    return BatchQuadrants(n, n_clipped, kept, clipped)
+
+
 def measured_token_effects(
     z: torch.Tensor,
     advantages: torch.Tensor,
@@ -603,3 +653,61 @@ def simulate_grid(
 def mean_end(runs: list[SimResult], field: str = "entropy") -> float:
     """The mean over runs of a per-step field's last value."""
     return sum(float(getattr(r, field)[-1]) for r in runs) / max(len(runs), 1)
+
+
+@dataclass(frozen=True)
+class StepErrorSweep:
+    """How Lemma 1's error shrinks with the step size (see :func:`step_error_sweep`).
+
+    ``max_error`` / ``mean_error`` are ``|measured - predicted|`` over the random policies of
+    :func:`random_step_checks`, one entry per ``lr``; ``slope`` / ``mean_slope`` are the
+    least-squares slopes of their logarithms against ``log(lr)``: ``2`` for a second-order error.
+    """
+
+    lrs: tuple[float, ...]
+    max_error: tuple[float, ...]
+    mean_error: tuple[float, ...]
+    slope: float
+    mean_slope: float
+
+
+def step_error_sweep(
+    lrs: tuple[float, ...] = (0.2, 0.1, 0.05, 0.025, 0.0125),
+    n_policies: int = 300,
+    n_tokens: int = 32,
+    *,
+    natural: bool = True,
+    seed: int = 0,
+) -> StepErrorSweep:
+    """:func:`random_step_checks` at every step size in ``lrs`` (same policies, same seed).
+
+    Lemma 1 (and Eq. 6) is first order in the step, so ``measured - predicted`` is second order:
+    halving ``lr`` should divide the error by about 4, a log-log slope near 2.
+    """
+    lrs = tuple(float(lr) for lr in lrs)
+    if len(set(lrs)) < 2 or min(lrs) <= 0:
+        raise ValueError(f"lrs={lrs!r} is out of range: allowed two or more distinct values > 0")
+    max_err, mean_err = [], []
+    for lr in lrs:
+        pred, meas = random_step_checks(n_policies, n_tokens, lr, natural=natural, seed=seed)
+        err = (meas - pred).abs()
+        max_err.append(float(err.max()))
+        mean_err.append(float(err.mean()))
+    return StepErrorSweep(
+        lrs,
+        tuple(max_err),
+        tuple(mean_err),
+        _loglog_slope(lrs, max_err),
+        _loglog_slope(lrs, mean_err),
+    )
+
+
+def _loglog_slope(xs, ys) -> float:
+    """The least-squares slope of ``log(ys)`` against ``log(xs)``."""
+    lx = torch.log(torch.tensor(xs, dtype=torch.float64))
+    ly = torch.log(torch.tensor(ys, dtype=torch.float64))
+    dx = lx - lx.mean()
+    return float((dx * (ly - ly.mean())).sum() / (dx * dx).sum())
+
+
+__all__ += ["StepErrorSweep", "step_error_sweep"]

@@ -20,12 +20,12 @@ def test_compare_writes_report_and_summary(tmp_path, embedded_model, capsys):
     code = main([
         "compare", "--preset", "cpu-tiny", "--algos", "grpo,bapo", "--seeds", "2",
         "--staleness", "2", "--scenario", "partial", "--out", str(tmp_path),
-        "train.steps=2", "train.prompts_per_step=4", "train.group_size=4", "run.eval_every=0",
+        "train.steps=4", "train.prompts_per_step=4", "train.group_size=4", "run.eval_every=0",
         "run.progress=false",
     ])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert "grpo" in out and "bapo" in out and "final entropy" in out
+    assert "grpo" in out and "bapo" in out and "final entropy" in out and "run 4/4" in out
     assert (tmp_path / "report.html").stat().st_size > 1_000_000
     assert "bapo" in (tmp_path / "summary.txt").read_text()
     for run in ["grpo-seed0", "grpo-seed1", "bapo-seed0", "bapo-seed1"]:
@@ -46,6 +46,9 @@ def test_compare_writes_report_and_summary(tmp_path, embedded_model, capsys):
         (["train", "train.group_size=1"], "train.group_size=1"),
         (["compare", "--algos", "grpo,ppo"], "unknown algorithm 'ppo'"),
         (["compare", "--seeds", "0"], "--seeds=0"),
+        (["compare", "--staleness", "0"], "--staleness='0'"),
+        (["compare", "--staleness", "1,x"], "--staleness='1,x'"),
+        (["compare", "--staleness", "7"], "--staleness=7 does not divide train.steps=60"),
         (["train", "--config", "missing.yaml"], "missing.yaml"),
     ],
 )
@@ -53,3 +56,19 @@ def test_bad_input_exits_2_with_the_reason(argv, message, capsys, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_compare_several_staleness_levels_matched_by_updates(tmp_path, embedded_model, capsys):
+    code = main([
+        "compare", "--preset", "cpu-tiny", "--algos", "grpo", "--seeds", "1",
+        "--staleness", "1,2", "--via", "mini-batches", "--out", str(tmp_path),
+        "train.steps=4", "train.prompts_per_step=2", "train.group_size=4", "run.eval_every=0",
+        "run.progress=false",
+    ])  # fmt: skip
+    assert code == 0
+    assert "grpo S=1" in capsys.readouterr().out
+    updates = {s: read_jsonl(tmp_path / f"grpo-s{s}-seed0" / "updates.jsonl") for s in (1, 2)}
+    steps = {s: read_jsonl(tmp_path / f"grpo-s{s}-seed0" / "metrics.jsonl") for s in (1, 2)}
+    assert len(updates[1]) == len(updates[2]) == 4  # matched: the same number of updates
+    assert len(steps[1]) == 4 and len(steps[2]) == 2
+    assert [u["offpolicy/staleness"] for u in updates[2]] == [0, 1, 0, 1]

@@ -418,3 +418,42 @@ def test_stale_grpo_keeps_more_entropy_than_bapo_in_the_tabular_bandit():
 def test_rule_names():
     assert [rule_name(r) for r in RULES] == ["GRPO [0.8, 1.2]", "clip-higher [0.8, 1.28]", "BAPO"]
     assert rule_name(FixedClip(0.7, 1.5)) == "clip [0.7, 1.5]"
+
+
+def test_batch_quadrants_sum_to_the_sample_covariance_and_follow_table4():
+    from bapo.theory import batch_quadrants
+
+    g = torch.Generator().manual_seed(0)
+    lp = torch.log(torch.rand(500, generator=g, dtype=torch.float64).clamp_min(1e-3))
+    adv = torch.randn(500, generator=g, dtype=torch.float64)
+    keep = torch.rand(500, generator=g) > 0.2
+    q = batch_quadrants(lp, adv, keep)
+    b = adv[keep].mean()
+    # kept + clipped terms: -(1/N) sum (lp - mean lp)(A - b), a covariance estimate
+    full = -((lp - lp.mean()) * (adv - b)).mean()
+    assert q.total_kept + q.total_clipped == pytest.approx(float(full), rel=1e-9, abs=1e-12)
+    assert sum(q.n.values()) == 500 and sum(q.n_clipped.values()) == int((~keep).sum())
+    # each quadrant's terms have Table 4's sign, token by token, hence in sum
+    from bapo.theory import QUADRANTS, TABLE4
+
+    for pair, name in QUADRANTS.items():
+        for part in (q.kept[name], q.clipped[name]):
+            assert part == 0 or (part > 0) == (TABLE4[pair] > 0), (name, part)
+
+
+def test_step_error_sweep_is_second_order():
+    """Lemma 1 is first order in the step: its error falls like lr**2 (log-log slope 2)."""
+    from bapo.theory import step_error_sweep
+
+    lrs = (0.1, 0.05, 0.025)
+    sweep = step_error_sweep(lrs, n_policies=40, n_tokens=16, seed=3)
+    assert sweep.lrs == lrs
+    assert list(sweep.max_error) == sorted(sweep.max_error, reverse=True)
+    assert 1.8 < sweep.slope < 2.2 and 1.8 < sweep.mean_slope < 2.2
+    # the sweep is random_step_checks at each lr
+    pred, meas = random_step_checks(40, 16, 0.05, seed=3)
+    assert sweep.max_error[1] == pytest.approx(float((meas - pred).abs().max()))
+    with pytest.raises(ValueError, match="lrs"):
+        step_error_sweep((0.1,))
+    with pytest.raises(ValueError, match="lrs"):
+        step_error_sweep((0.1, -0.1))

@@ -68,3 +68,32 @@ def test_gpu_preset_is_complete():
     assert cfg.rollout.engine == "vllm" and cfg.model.dtype == "bfloat16"
     assert cfg.model.gradient_checkpointing and 8 <= cfg.train.group_size <= 16
     assert cfg.algo.clip_rule() == BAPOConfig()
+
+
+@pytest.mark.parametrize("via", ["epochs", "mini-batches"])
+@pytest.mark.parametrize("s", [1, 2, 4, 8])
+def test_staleness_config_matches_updates_and_says_how(via, s):
+    from bapo.train.compare import staleness_config
+
+    base = load_config("cpu-guess")
+    cfg = staleness_config(base, s, via).validate()
+    assert cfg.staleness == s
+    updates = cfg.train.steps * cfg.train.epochs * cfg.train.mini_batches
+    assert updates == base.train.steps  # matched: every level makes the same number of updates
+    samples = cfg.train.steps * cfg.train.prompts_per_step
+    expected = base.train.steps * base.train.prompts_per_step // (s if via == "epochs" else 1)
+    assert samples == expected
+    per_update = cfg.train.prompts_per_step // cfg.train.mini_batches
+    assert per_update == base.train.prompts_per_step  # each update sees a batch of the same size
+
+
+def test_staleness_config_errors_name_the_field():
+    from bapo.train.compare import staleness_config
+
+    base = load_config("cpu-guess")
+    with pytest.raises(ValueError, match="does not divide train.steps"):
+        staleness_config(base, 7)
+    with pytest.raises(ValueError, match="via='sideways'"):
+        staleness_config(base, 2, "sideways")
+    with pytest.raises(ValueError, match="staleness 1"):
+        staleness_config(staleness_config(base, 2), 2)

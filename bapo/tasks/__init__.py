@@ -9,12 +9,14 @@ from collections.abc import Callable
 
 from bapo.tasks.arithmetic import ArithmeticTask
 from bapo.tasks.base import Example, Prompt, Task
+from bapo.tasks.guess_check import GuessCheckTask
 from bapo.tasks.math_data import MathDataTask, math_reward
 from bapo.tasks.smol_tasks import LargerNumberTask
 
 __all__ = [
     "TASKS",
     "ArithmeticTask",
+    "GuessCheckTask",
     "Example",
     "LargerNumberTask",
     "MathDataTask",
@@ -26,6 +28,7 @@ __all__ = [
 
 TASKS: dict[str, Callable[..., Task]] = {
     "arithmetic": ArithmeticTask,
+    "guess-check": GuessCheckTask,  # wrong answers run to the token cap (cpu-guess)
     "larger-number": LargerNumberTask,  # for SmolLM2-135M (cpu-smollm2)
     "math": MathDataTask.load,  # source=<file or dataset name>
     "math-jsonl": MathDataTask.from_file,  # path=<.jsonl>; the two are one loader by suffix

@@ -1,4 +1,17 @@
-"""``bapo compare``: the same preset under several algorithms and seeds, side by side."""
+"""``bapo compare``: the same preset under several algorithms, seeds and staleness levels.
+
+Staleness ``S`` is the number of policy updates each rollout batch serves.  Levels are compared
+at a **matched number of optimizer updates**: the preset's ``train.steps`` counts the updates of
+its staleness-1 run, and a run at staleness ``S`` makes as many.  Two ways to get ``S``:
+
+``via="epochs"`` (default; the paper's ``ppo_epoch``, Section 5.1)
+    ``S`` passes over each batch (``train.epochs = S``) for ``steps / S`` steps: the same updates
+    on ``1 / S`` of the fresh samples.
+``via="mini-batches"``
+    each step samples ``S`` times the preset's prompts and makes one update on each of ``S``
+    mini-batches of the preset's size, for ``steps / S`` steps: the same updates, of the same
+    size, on the same number of fresh samples; each sample is used once.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +22,42 @@ from bapo.train.config import ALGOS, Config
 from bapo.train.trainer import Trainer
 from bapo.viz.report import format_summary, summary_rows, write_report
 
+VIA = ("epochs", "mini-batches")
+
+
+def staleness_config(base: Config, staleness: int, via: str = "epochs") -> Config:
+    """``base`` made ``staleness`` updates stale per batch (see the module docstring)."""
+    if via not in VIA:
+        raise ValueError(f"via={via!r} is not allowed: use one of {', '.join(VIA)}")
+    if isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 1:
+        raise ValueError(f"--staleness={staleness!r} is out of range: allowed integers >= 1")
+    cfg = copy.deepcopy(base)
+    t = cfg.train
+    if t.epochs != 1 or t.mini_batches != 1:
+        raise ValueError(
+            f"--staleness needs a preset at staleness 1 (train.epochs=1, train.mini_batches=1); "
+            f"got epochs={t.epochs}, mini_batches={t.mini_batches}"
+        )
+    if t.steps % staleness:
+        raise ValueError(
+            f"--staleness={staleness} does not divide train.steps={t.steps}: a matched run makes "
+            f"train.steps updates in train.steps / staleness rollout steps"
+        )
+    t.steps //= staleness
+    if via == "epochs":
+        t.epochs = staleness
+    else:
+        t.prompts_per_step *= staleness
+        t.mini_batches = staleness
+    if cfg.run.eval_every:
+        cfg.run.eval_every = max(1, cfg.run.eval_every // staleness)
+    return cfg
+
+
+def run_name(algo: str, staleness: int | None, several: bool) -> str:
+    """The label of one (algorithm, staleness) arm in reports: ``"bapo"`` or ``"bapo S=4"``."""
+    return f"{algo} S={staleness}" if several and staleness is not None else algo
+
 
 def run_compare(
     base: Config,
@@ -16,37 +65,47 @@ def run_compare(
     seeds: int,
     out_dir: str | Path,
     *,
-    staleness: int | None = None,
+    staleness: int | list[int] | None = None,
+    via: str = "epochs",
     callbacks=(),
     verbose: bool = True,
 ) -> dict[str, list[list[dict]]]:
-    """Train every (algorithm, seed) pair; write ``report.html`` and ``summary.txt`` in ``out_dir``.
+    """Train every (algorithm, staleness, seed); write ``report.html`` and ``summary.txt``.
 
-    ``staleness`` sets ``train.epochs`` (one update per epoch when ``mini_batches=1``), so each
-    rollout batch is used for that many policy updates.
+    Returns the step records per arm (``"algo"``, or ``"algo S=k"`` for several staleness
+    levels), one list per seed.  Seeds are ``base.train.seed + 0 .. seeds - 1``.
     """
     for a in algos:
         if a not in ALGOS:
             raise ValueError(f"unknown algorithm {a!r} in --algos: allowed {', '.join(ALGOS)}")
-    if seeds < 1:
-        raise ValueError(f"--seeds={seeds} is out of range: allowed >= 1")
-    if staleness is not None and staleness < 1:
-        raise ValueError(f"--staleness={staleness} is out of range: allowed >= 1")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds={seeds!r} is out of range: allowed integers >= 1")
+    levels = staleness if isinstance(staleness, list) else [staleness]
+    several = len(levels) > 1
+    configs = {}
+    for s in levels:  # fail on a bad level before any run starts
+        configs[s] = base if s is None else staleness_config(base, s, via)
     out = Path(out_dir)
     runs: dict[str, list[list[dict]]] = {}
-    for algo in algos:
-        for seed in range(seeds):
-            cfg = copy.deepcopy(base)
-            cfg.algo.name = algo
-            cfg.train.seed = base.train.seed + seed
-            if staleness is not None:
-                cfg.train.epochs = staleness
-            cfg.run.out_dir = str(out / f"{algo}-seed{seed}")
-            if verbose:
-                print(f"== {algo}, seed {cfg.train.seed}, staleness {cfg.staleness} ==", flush=True)
-            records = Trainer(cfg.validate(), callbacks=callbacks).train()
-            runs.setdefault(algo, []).append(records)
-    title = (f"{base.preset}: {', '.join(algos)} at staleness {staleness or base.staleness}, "
+    total, k = len(levels) * len(algos) * seeds, 0
+    for s in levels:
+        for algo in algos:
+            name = run_name(algo, s, several)
+            for seed in range(seeds):
+                cfg = copy.deepcopy(configs[s])
+                cfg.algo.name = algo
+                cfg.train.seed = base.train.seed + seed
+                tag = f"{algo}-s{s}-seed{seed}" if several else f"{algo}-seed{seed}"
+                cfg.run.out_dir = str(out / tag)
+                k += 1
+                if verbose:
+                    print(f"== run {k}/{total}: {algo}, seed {cfg.train.seed}, staleness "
+                          f"{cfg.staleness} ==", flush=True)  # fmt: skip
+                records = Trainer(cfg.validate(), callbacks=callbacks).train()
+                runs.setdefault(name, []).append(records)
+    shown = ",".join(str(s) for s in levels) if levels != [None] else str(base.staleness)
+    matched = f" via {via} (matched updates)" if levels != [None] else ""
+    title = (f"{base.preset}: {', '.join(algos)} at staleness {shown}{matched}, "
              f"{seeds} seed(s)")  # fmt: skip
     write_report(runs, out / "report.html", title)
     table = format_summary(summary_rows(runs))

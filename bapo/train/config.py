@@ -15,6 +15,8 @@ import yaml
 from bapo.loss import AGG_MODES, BAPOConfig, FixedClip
 
 ALGOS = ("grpo", "clip-higher", "bapo", "bapo-official", "fixed")
+# cpu-guess (docs/science.md, round 3)
+GUESS_CAP, GUESS_STEPS, GUESS_LR = 12, 120, 6e-4
 
 
 @dataclass
@@ -334,6 +336,23 @@ def _cpu_tiny() -> Config:
     return c
 
 
+def _cpu_guess() -> Config:
+    """The embedded guess-and-check model (``bapo.tasks.guess_check``): wrong answers run to the
+    token cap, so negative tokens outnumber positive ones - the premise of BAPO, on a laptop.
+
+    ``train.steps`` counts updates at staleness 1; ``bapo compare --staleness S`` keeps the
+    number of updates and samples and makes each batch serve ``S`` mini-batch updates
+    (docs/science.md, round 3, chose the values)."""
+    c = Config(preset="cpu-guess")
+    c.model = ModelConfig(name="embedded:guess-check")
+    c.task = TaskConfig(name="guess-check", options={})
+    c.rollout = RolloutConfig(temperature=1.0, max_new_tokens=GUESS_CAP)
+    c.train = TrainConfig(steps=GUESS_STEPS, prompts_per_step=8, group_size=8, epochs=1,
+                          mini_batches=1, lr=GUESS_LR)  # fmt: skip
+    c.run = RunConfig(out_dir="runs/guess", eval_every=GUESS_STEPS // 4, eval_size=128)
+    return c
+
+
 def _gpu_qwen_math() -> Config:
     """A real model on one GPU: Qwen2.5-Math-1.5B on a local math JSONL (see docs)."""
     c = Config(preset="gpu-qwen2.5-math-1.5b")
@@ -365,6 +384,7 @@ def _cpu_smollm2() -> Config:
 
 PRESETS = {
     "cpu-tiny": _cpu_tiny,
+    "cpu-guess": _cpu_guess,
     "cpu-smollm2": _cpu_smollm2,
     "gpu-qwen2.5-math-1.5b": _gpu_qwen_math,
 }

@@ -78,10 +78,24 @@ def compare_figure(
     return fig
 
 
+SUMMARY_COLUMNS = [  # (row key, metric, steps averaged per seed: 0 = all, header)
+    ("final_entropy", "entropy/mean", "last", "final entropy"),
+    ("mean_rho", "bapo/rho", 0, "mean rho"),
+    ("final_accuracy", "reward/accuracy", "last", "final acc"),
+    ("final_eval_accuracy", "eval/accuracy", 1, "eval acc"),
+    ("mean_clip_frac", "clip/frac", 0, "clipped"),
+    ("mean_c_low", "bapo/c_low", 0, "c_low"),
+    ("mean_c_high", "bapo/c_high", 0, "c_high"),
+]
+
+
 def summary_rows(runs: dict[str, list[list[dict]]], last: int = 5) -> list[dict]:
-    """Per algorithm: final entropy, mean rho, final accuracy (mean +- std over seeds).
+    """Per arm: final entropy, mean rho, final accuracy, clipped share and bounds, each as the
+    mean over seeds with ``_std`` (sample standard deviation) and ``_ci`` (half-width of the 95%
+    Student-t interval; nan for one seed).
 
     "Final" averages the last ``last`` steps of each run (eval accuracy: its last value)."""
+    from bapo.study import mean_ci
 
     def per_seed(records, key, tail):
         vals = [r[key] for r in records if isinstance(r.get(key), (int, float))]
@@ -92,39 +106,37 @@ def summary_rows(runs: dict[str, list[list[dict]]], last: int = 5) -> list[dict]
     rows = []
     for algo, seeds in runs.items():
         row = {"algo": algo, "seeds": len(seeds)}
-        for name, key, tail in [
-            ("final_entropy", "entropy/mean", last),
-            ("mean_rho", "bapo/rho", 0),
-            ("final_accuracy", "reward/accuracy", last),
-            ("final_eval_accuracy", "eval/accuracy", 1),
-            ("mean_c_high", "bapo/c_high", 0),
-            ("mean_c_low", "bapo/c_low", 0),
-        ]:
-            vals = [per_seed(r, key, tail) for r in seeds]
+        for name, key, tail, _head in SUMMARY_COLUMNS:
+            vals = [per_seed(r, key, last if tail == "last" else tail) for r in seeds]
             vals = [v for v in vals if math.isfinite(v)]
-            m = sum(vals) / len(vals) if vals else float("nan")
+            m, ci = mean_ci(vals)
             sd = (sum((v - m) ** 2 for v in vals) / max(len(vals) - 1, 1)) ** 0.5 if vals else 0.0
-            row[name], row[name + "_std"] = m, sd
+            row[name], row[name + "_std"], row[name + "_ci"] = m, sd, ci
         rows.append(row)
     return rows
 
 
 def format_summary(rows: list[dict]) -> str:
-    head = (
-        f"{'algorithm':14s} {'final entropy':>16s} {'mean rho':>14s} {'final acc':>14s}"
-        f" {'eval acc':>14s} {'c_low':>6s} {'c_high':>6s}"
-    )
-    lines = [head, "-" * len(head)]
+    """The summary as a text table: ``mean ± 95% half-width`` over seeds (the interval is left
+    out for a single seed); columns that no run logged are left out."""
+    shown = [c for c in SUMMARY_COLUMNS if any(math.isfinite(r[c[0]]) for r in rows)]
+    width = max([14] + [len(r["algo"]) for r in rows])
+    several = any(r["seeds"] > 1 for r in rows)
+    w = 16 if several else 8
 
     def cell(row, k):
-        return f"{row[k]:.3f} ± {row[k + '_std']:.3f}"
+        m, ci = row[k], row[k + "_ci"]
+        if not math.isfinite(m):
+            return "-"
+        return f"{m:.3f} ± {ci:.3f}" if math.isfinite(ci) else f"{m:.3f}"
 
+    head = f"{'arm':{width}s} {'seeds':>5s}" + "".join(f" {h:>{w}s}" for _, _, _, h in shown)
+    lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(
-            f"{r['algo']:14s} {cell(r, 'final_entropy'):>16s} {cell(r, 'mean_rho'):>14s}"
-            f" {cell(r, 'final_accuracy'):>14s} {cell(r, 'final_eval_accuracy'):>14s}"
-            f" {r['mean_c_low']:6.3f} {r['mean_c_high']:6.3f}"
-        )
+        cells = "".join(f" {cell(r, k):>{w}s}" for k, _, _, _ in shown)
+        lines.append(f"{r['algo']:{width}s} {r['seeds']:5d}{cells}")
+    if several:
+        lines.append("(mean ± half-width of the 95% t-interval over seeds)")
     return "\n".join(lines)
 
 
