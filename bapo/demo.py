@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from bapo.loss import BAPOConfig, FixedClip, grpo_advantages, policy_loss, search_path
@@ -42,8 +41,7 @@ def synthetic_batch(
     lengths = torch.where(rewards > 0, base, (base * 1.6).long().clamp(max=max_len))
     mask = torch.arange(max_len)[None, :] < lengths[:, None]
     # rollout probabilities: most tokens confident, a tail of low-probability ones
-    beta = np.random.default_rng(seed).beta(0.6, 0.25, size=(B, max_len))  # seeded, like g
-    p = torch.from_numpy(beta).float().clamp(1e-4, 1 - 1e-6)
+    p = torch.distributions.Beta(0.6, 0.25).sample((B, max_len)).clamp(1e-4, 1 - 1e-6)
     old = torch.log(p)
     # staleness moves log-probs; low-probability tokens move most (Figure 5)
     scale = 0.04 * staleness**0.5 * (1.0 + 1.5 * (-old).sqrt())

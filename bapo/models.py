@@ -617,7 +617,8 @@ def load_model(
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)  # keep the exact char vocab
     else:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, **_dtype_kwargs(dtype)).to(device)
+    with _no_progress_bars():  # "Loading weights" bars are noise in notebooks and logs
+        model = AutoModelForCausalLM.from_pretrained(path, **_dtype_kwargs(dtype)).to(device)
     model.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

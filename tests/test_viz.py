@@ -48,9 +48,18 @@ def test_widgets_build_and_call_the_package_callbacks(batch):
     assert [c.description for c in wdg.children[:4]] == [
         "c_low", "c_high", "measure", "pi_rollout weight"
     ]  # fmt: skip
+    # moving a slider redraws the figure in place: c_high up clips fewer positive tokens
+    clipped = next(t for t in wdg.figure.data if t.name == "A>0 clipped")
+    assert len(clipped.x) == balance(batch, 0.8, 1.2)["clipped_pos"]
+    wdg.children[1].value = 3.0
+    clipped = next(t for t in wdg.figure.data if t.name == "A>0 clipped")
+    assert len(clipped.x) == balance(batch, 0.8, 3.0)["clipped_pos"]
+    assert "rho = " in wdg.figure.layout.annotations[0].text
     s = search_widget(batch, BAPOConfig())
     path = search_path(batch.log_probs, batch.old_log_probs, batch.advantages, None, BAPOConfig())
     assert s.children[0].value == path.stop
+    s.children[0].value = 2
+    assert len(s.figure.data[0].x) == 3  # the path drawn up to step 2
 
 
 def test_search_path_figure_upto(batch):

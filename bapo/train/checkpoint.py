@@ -60,7 +60,10 @@ def save_checkpoint(
     final = out / f"checkpoint-{step}"
     tmp = out / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    from bapo.models import _no_progress_bars
+
+    with _no_progress_bars():  # no "Writing model shards" bar per checkpoint
+        model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save({**state, "rng": rng_state(), "step": step}, tmp / STATE_FILE)

@@ -106,37 +106,61 @@ def balance_figure(
     return fig
 
 
+def live_figure(make, controls: dict):
+    """``make(**values)`` drawn in a ``plotly`` FigureWidget and redrawn in place whenever one of
+    ``controls`` (name -> ipywidget) changes; returns ``VBox([controls..., figure])``.
+
+    No ``Output`` widget and no ``display()`` inside a callback: headless runs (nbclient,
+    nbmake) stalled for minutes on ``ipywidgets.interactive``'s Output capture.
+    """
+    import ipywidgets as w
+
+    def values():
+        return {k: c.value for k, c in controls.items()}
+
+    fw = go.FigureWidget(make(**values()))
+
+    def redraw(_change=None):
+        new = make(**values())
+        with fw.batch_update():
+            fw.data = ()
+            fw.add_traces(list(new.data))
+            fw.layout = new.layout
+
+    for c in controls.values():
+        c.observe(redraw, names="value")
+    box = w.VBox([*controls.values(), fw])
+    box.figure, box.redraw = fw, redraw  # for tests and notebooks
+    return box
+
+
 def balance_widget(batch: TokenBatch, rho0: float = 0.4):
     """Sliders for c_low and c_high, toggles for the measure and the pi_rollout weight, wired to
-    :func:`balance_figure` (rendered statically where no live kernel is attached)."""
+    :func:`balance_figure`."""
     import ipywidgets as w
-    from IPython.display import display
 
-    def show(c_low, c_high, contribution, rollout_weight):
-        display(balance_figure(batch, c_low, c_high, contribution, rollout_weight, rho0))
+    def make(c_low, c_high, contribution, rollout_weight):
+        return balance_figure(batch, c_low, c_high, contribution, rollout_weight, rho0)
 
-    return w.interactive(
-        show,
-        c_low=w.FloatSlider(value=0.8, min=0.5, max=1.0, step=0.01, description="c_low"),
-        c_high=w.FloatSlider(value=1.2, min=1.0, max=3.0, step=0.05, description="c_high"),
-        contribution=w.ToggleButtons(options=["gradient", "value"], description="measure"),
-        rollout_weight=w.Checkbox(value=False, description="pi_rollout weight"),
-    )
+    return live_figure(make, {
+        "c_low": w.FloatSlider(value=0.8, min=0.5, max=1.0, step=0.01, description="c_low"),
+        "c_high": w.FloatSlider(value=1.2, min=1.0, max=3.0, step=0.05, description="c_high"),
+        "contribution": w.ToggleButtons(options=["gradient", "value"], description="measure"),
+        "rollout_weight": w.Checkbox(value=False, description="pi_rollout weight"),
+    })  # fmt: skip
 
 
 def search_widget(batch: TokenBatch, cfg):
     """A slider that steps through Algorithm 1 on this batch until rho >= rho0."""
     import ipywidgets as w
-    from IPython.display import display
 
     from bapo.loss import search_path
     from bapo.viz.figures import search_path_figure
 
     path = search_path(batch.log_probs, batch.old_log_probs, batch.advantages, None, cfg)
 
-    def show(step):
-        display(search_path_figure(path, cfg, upto=step))
+    def make(step):
+        return search_path_figure(path, cfg, upto=step)
 
-    return w.interactive(
-        show, step=w.IntSlider(value=path.stop, min=0, max=len(path.rho) - 1, description="step")
-    )
+    slider = w.IntSlider(value=path.stop, min=0, max=len(path.rho) - 1, description="step")
+    return live_figure(make, {"step": slider})
