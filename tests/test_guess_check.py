@@ -64,7 +64,8 @@ def test_reward_is_whether_the_accepted_guess_is_the_sum(a, b, guesses, accept):
     "kwargs, field",
     [({"max_operand": 0}, "max_operand"), ({"max_operand": 50}, "max_operand"),
      ({"max_wrong": 19}, "max_wrong"), ({"max_wrong": -1}, "max_wrong"),
-     ({"p_direct": 1.5}, "p_direct"), ({"p_direct": True}, "p_direct")],
+     ({"p_direct": 1.5}, "p_direct"), ({"p_direct": True}, "p_direct"),
+     ({"min_wrong": 0}, "min_wrong"), ({"max_wrong": 4, "min_wrong": 5}, "min_wrong")],
 )  # fmt: skip
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -73,6 +74,11 @@ def test_bad_options_name_the_field(kwargs, field):
 
 def test_registered():
     assert isinstance(make_task("guess-check", max_operand=4), GuessCheckTask)
+    only_direct = GuessCheckTask(max_wrong=0)  # min_wrong does not matter then
+    assert all(
+        e.answer.endswith("!") and "?" not in e.answer
+        for e in only_direct.sample(50, random.Random(0))
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,12 @@ from bapo.tasks.base import Example, Task
 __all__ = ["GuessCheckTask"]
 
 
+def _check_int(name: str, value, lo: int, hi: int, why: str = "") -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is an integer in ``lo..hi``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name}={value!r} is out of range: allowed integers {lo}..{hi}{why}")
+
+
 class GuessCheckTask(Task):
     """``a+b=`` with ``a, b`` uniform in ``0..max_operand``; the completion guesses and checks.
 
@@ -49,43 +55,23 @@ class GuessCheckTask(Task):
         p_direct: float = 0.25,
         min_wrong: int = 2,
     ):
-        if (
-            isinstance(max_operand, bool)
-            or not isinstance(max_operand, int)
-            or not (1 <= max_operand <= 49)
-        ):
-            raise ValueError(f"max_operand={max_operand!r} is out of range: allowed integers 1..49")
+        _check_int("max_operand", max_operand, 1, 49)
         n_wrong = 2 * max_operand  # the other values a sum can take
         max_wrong = n_wrong if max_wrong is None else max_wrong
-        if (
-            isinstance(max_wrong, bool)
-            or not isinstance(max_wrong, int)
-            or not (0 <= max_wrong <= n_wrong)
-        ):
-            raise ValueError(
-                f"max_wrong={max_wrong!r} is out of range: allowed integers 0..{n_wrong}"
-                f" (2 * max_operand)"
-            )
+        _check_int("max_wrong", max_wrong, 0, n_wrong, " (2 * max_operand)")
+        _check_int("min_wrong", min_wrong, 1, max_wrong or n_wrong, " (max_wrong)")
         if (
             isinstance(p_direct, bool)
             or not isinstance(p_direct, (int, float))
             or not (0 <= p_direct <= 1)
         ):
             raise ValueError(f"p_direct={p_direct!r} is out of range: allowed [0, 1]")
-        if (
-            isinstance(min_wrong, bool)
-            or not isinstance(min_wrong, int)
-            or not (1 <= min_wrong <= max_wrong)
-        ):
-            raise ValueError(
-                f"min_wrong={min_wrong!r} is out of range: allowed integers 1..max_wrong={max_wrong}"
-            )
         self.max_operand, self.max_wrong, self.p_direct = max_operand, max_wrong, float(p_direct)
         self.min_wrong = min_wrong
 
     def __repr__(self) -> str:
         return (f"GuessCheckTask(max_operand={self.max_operand}, max_wrong={self.max_wrong}, "
-                f"p_direct={self.p_direct})")  # fmt: skip
+                f"p_direct={self.p_direct}, min_wrong={self.min_wrong})")  # fmt: skip
 
     def sample(self, n: int, rng: random.Random) -> list[Example]:
         top = 2 * self.max_operand
