@@ -33,7 +33,8 @@ demo: venv
 
 # JupyterLab on notebooks/ (the workshop set-up): http://127.0.0.1:8888 by default.
 lab: venv
-	$(PY) -m jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
+	$(PY) -m jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 # The loss walkthrough on a synthetic batch (seconds).
 walkthrough: venv
