@@ -113,3 +113,18 @@ def test_versions_figure_rows_are_token_versions():
          Sample([1], [4], [0], 0.0, -0.5, versions=[2])]  # fmt: skip
     fig = versions_figure(s)
     assert [list(r) for r in fig.data[0].z] == [[0, 0, 3], [2, None, None]]
+
+
+def test_one_colour_per_algorithm_in_every_figure():
+    from bapo.viz.report import ALGO_STYLE, arm_style
+
+    runs = {"bapo S=4": [records([1, 2])], "grpo S=4": [records([1, 2])],
+            "grpo S=1": [records([1, 2])], "clip-higher": [records([1, 2])]}  # fmt: skip
+    fig = compare_figure(runs, [("entropy/mean", "entropy")])
+    lines = {t.name: t.line for t in fig.data if t.showlegend}
+    assert lines["bapo S=4"].color == ALGO_STYLE["bapo"][0]  # not the first colour of a cycle
+    assert lines["grpo S=4"].color == lines["grpo S=1"].color == ALGO_STYLE["grpo"][0]
+    assert lines["grpo S=4"].dash != lines["grpo S=1"].dash  # staleness picks the dash
+    assert lines["clip-higher"].dash != "solid"  # visible on top of GRPO's identical bounds
+    assert fig.layout.xaxis.title.text == "step" and fig.layout.yaxis.title.text == "nats/token"
+    assert arm_style("someone else", 7)[1] == "solid"

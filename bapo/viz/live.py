@@ -10,7 +10,7 @@ from collections.abc import Callable
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from bapo.viz.report import COLORS, REPORT_METRICS, compare_figure
+from bapo.viz.report import REPORT_METRICS, arm_style, compare_figure
 
 DASHBOARD_METRICS = REPORT_METRICS
 
@@ -44,11 +44,11 @@ class LiveDashboard:
         if self.widget is None:
             return
         if (run, self.metrics[0][0]) not in self._traces:
-            color = COLORS[(len(self.runs) - 1) % len(COLORS)]
+            color, dash = arm_style(run, len(self.runs) - 1)
             for i, (key, _t) in enumerate(self.metrics):
                 self.widget.add_trace(
                     go.Scatter(x=[], y=[], name=run, legendgroup=run, showlegend=i == 0,
-                               line=dict(color=color)),
+                               line=dict(color=color, dash=dash)),
                     row=i // self.cols + 1, col=i % self.cols + 1,
                 )  # fmt: skip
                 self._traces[(run, key)] = len(self.widget.data) - 1

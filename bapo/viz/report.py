@@ -27,6 +27,37 @@ REPORT_METRICS = [
     ("policy/grad_norm", "grad norm"),
 ]
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+# One colour and one dash per algorithm in every figure of the package; dashes keep coinciding
+# lines visible (GRPO's bounds under clip-higher's).  An arm "bapo S=4" takes "bapo"'s colour;
+# its staleness level picks the dash.
+ALGO_STYLE = {
+    "grpo": ("#1f77b4", "solid"),
+    "clip-higher": ("#ff7f0e", "dash"),
+    "bapo": ("#2ca02c", "solid"),
+    "bapo-official": ("#9467bd", "dot"),
+    "fixed": ("#8c564b", "dashdot"),
+}
+_LEVEL_DASH = ["solid", "dash", "dot", "dashdot", "longdash"]
+# the y-axis title of a report panel, by metric
+AXIS_TITLES = {
+    "reward/mean": "reward", "reward/accuracy": "share of answers", "entropy/mean": "nats/token",
+    "bapo/rho": "share of the loss", "bapo/c_high": "ratio bound", "bapo/c_low": "ratio bound",
+    "clip/high_frac": "share of tokens", "clip/low_frac": "share of tokens",
+    "clip/frac": "share of tokens", "policy/grad_norm": "L2 norm",
+}  # fmt: skip
+
+
+def arm_style(name: str, index: int = 0) -> tuple[str, str]:
+    """``(colour, dash)`` of an arm such as ``"bapo"``, ``"bapo S=4"`` or ``"grpo partial"``:
+    the algorithm sets the colour, a staleness suffix the dash; unknown names cycle."""
+    algo, _, rest = name.partition(" ")
+    if algo not in ALGO_STYLE:
+        return COLORS[index % len(COLORS)], "solid"
+    color, dash = ALGO_STYLE[algo]
+    if rest.startswith("S="):
+        levels = {"1": 0, "2": 1, "4": 1, "8": 2, "16": 3}
+        dash = _LEVEL_DASH[levels.get(rest[2:].split()[0], 4)]
+    return color, dash
 
 
 def metric_band(runs: list[list[dict]], key: str):
@@ -52,7 +83,7 @@ def compare_figure(
     rows = math.ceil(len(metrics) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for _, t in metrics])
     for a, (algo, seeds) in enumerate(runs.items()):
-        color = COLORS[a % len(COLORS)]
+        color, dash = arm_style(algo, a)
         for i, (key, _t) in enumerate(metrics):
             steps, mean, lo, hi = metric_band(seeds, key)
             if not steps:
@@ -66,11 +97,14 @@ def compare_figure(
                     row, col,
                 )  # fmt: skip
             fig.add_trace(
-                go.Scatter(x=steps, y=mean, name=algo, line=dict(color=color),
+                go.Scatter(x=steps, y=mean, name=algo, line=dict(color=color, dash=dash),
                            legendgroup=algo, showlegend=i == 0),
                 row, col,
             )  # fmt: skip
     for i, (key, _t) in enumerate(metrics):
+        row, col = i // cols + 1, i % cols + 1
+        fig.update_xaxes(title_text="step", row=row, col=col)
+        fig.update_yaxes(title_text=AXIS_TITLES.get(key, ""), row=row, col=col)
         if key == "bapo/rho":  # the paper's target share rho0
             fig.add_hline(y=BAPOConfig.rho0, line_dash="dash", annotation_text="rho0",
                           row=i // cols + 1, col=i % cols + 1)  # fmt: skip
