@@ -14,6 +14,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from bapo.loss import clip_regions, contribution_sums, importance_ratio, share
+from bapo.viz.figures import live_figure
 
 
 @dataclass
@@ -104,34 +105,6 @@ def balance_figure(
         height=420, title=f"measure: {contribution}, pi_rollout weight: {rollout_weight}"
     )
     return fig
-
-
-def live_figure(make, controls: dict):
-    """``make(**values)`` drawn in a ``plotly`` FigureWidget and redrawn in place whenever one of
-    ``controls`` (name -> ipywidget) changes; returns ``VBox([controls..., figure])``.
-
-    No ``Output`` widget and no ``display()`` inside a callback: headless runs (nbclient,
-    nbmake) stalled for minutes on ``ipywidgets.interactive``'s Output capture.
-    """
-    import ipywidgets as w
-
-    def values():
-        return {k: c.value for k, c in controls.items()}
-
-    fw = go.FigureWidget(make(**values()))
-
-    def redraw(_change=None):
-        new = make(**values())
-        with fw.batch_update():
-            fw.data = ()
-            fw.add_traces(list(new.data))
-            fw.layout = new.layout
-
-    for c in controls.values():
-        c.observe(redraw, names="value")
-    box = w.VBox([*controls.values(), fw])
-    box.figure, box.redraw = fw, redraw  # for tests and notebooks
-    return box
 
 
 def balance_widget(batch: TokenBatch, rho0: float = 0.4):

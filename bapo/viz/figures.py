@@ -33,3 +33,31 @@ def search_path_figure(path: SearchPath, cfg: BAPOConfig, upto: int | None = Non
     fig.update_xaxes(title_text="search step")
     fig.update_layout(height=360, title=f"BAPO search ({cfg.order} order, {cfg.contribution})")
     return fig
+
+
+def live_figure(make, controls: dict):
+    """``make(**values)`` drawn in a ``plotly`` FigureWidget and redrawn in place whenever one of
+    ``controls`` (name -> ipywidget) changes; returns ``VBox([controls..., figure])``.
+
+    No ``Output`` widget and no ``display()`` inside a callback: headless runs (nbclient,
+    nbmake) stalled for minutes on ``ipywidgets.interactive``'s Output capture.
+    """
+    import ipywidgets as w
+
+    def values():
+        return {k: c.value for k, c in controls.items()}
+
+    fw = go.FigureWidget(make(**values()))
+
+    def redraw(_change=None):
+        new = make(**values())
+        with fw.batch_update():
+            fw.data = ()
+            fw.add_traces(list(new.data))
+            fw.layout = new.layout
+
+    for c in controls.values():
+        c.observe(redraw, names="value")
+    box = w.VBox([*controls.values(), fw])
+    box.figure, box.redraw = fw, redraw  # for tests and notebooks
+    return box

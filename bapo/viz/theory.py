@@ -223,27 +223,45 @@ def clip_rule_view(
 def make_clip_rule_widget(**kwargs):
     """Sliders for ``c_low``, ``c_high``, staleness and seed, wired to :func:`clip_rule_view`.
 
-    ``kwargs`` go to :func:`clip_rule_view` (``n_tokens``, ``lr``).  Returns the
-    ``ipywidgets.interactive``; its ``result`` is the latest :class:`ClipRuleView`.
+    ``kwargs`` go to :func:`clip_rule_view` (``n_tokens``, ``lr``).  Returns a ``VBox`` (sliders,
+    the figure redrawn in place, the view's text); its ``result`` is the latest
+    :class:`ClipRuleView`.
     """
+    import html
+
     import ipywidgets as w
 
-    def show(c_low: float, c_high: float, staleness: int, seed: int) -> ClipRuleView:
+    from bapo.viz.figures import live_figure
+
+    text = w.HTML()
+    latest: dict[str, ClipRuleView] = {}
+
+    def make(c_low: float, c_high: float, staleness: int, seed: int) -> go.Figure:
         view = clip_rule_view(c_low, c_high, staleness, seed, **kwargs)
-        view.figure.show()
-        print(view.text)
-        return view
+        latest["view"] = view
+        text.value = f"<pre>{html.escape(view.text)}</pre>"
+        return view.figure
 
     slider = dict(continuous_update=False, style={"description_width": "initial"})
-    return w.interactive(
-        show,
-        c_low=w.FloatSlider(value=0.8, min=0.5, max=0.99, step=0.01, description="c_low", **slider),
-        c_high=w.FloatSlider(
-            value=1.2, min=1.01, max=3.0, step=0.01, description="c_high", **slider
-        ),
-        staleness=w.IntSlider(value=4, min=1, max=32, description="staleness (epoch)", **slider),
-        seed=w.IntSlider(value=0, min=0, max=20, description="seed", **slider),
-    )
+    controls = {
+        "c_low": w.FloatSlider(value=0.8, min=0.5, max=0.99, step=0.01, description="c_low",
+                               **slider),
+        "c_high": w.FloatSlider(value=1.2, min=1.01, max=3.0, step=0.01, description="c_high",
+                                **slider),
+        "staleness": w.IntSlider(value=4, min=1, max=32, description="staleness (epoch)",
+                                 **slider),
+        "seed": w.IntSlider(value=0, min=0, max=20, description="seed", **slider),
+    }  # fmt: skip
+    box = live_figure(make, controls)
+    box.children = (*box.children, text)
+
+    def keep_result(_change=None):  # runs after live_figure's redraw (observers run in order)
+        box.result = latest["view"]
+
+    keep_result()
+    for c in controls.values():
+        c.observe(keep_result, names="value")
+    return box
 
 
 # ----------------------------------------------------------------------------------------------
