@@ -54,6 +54,7 @@ __all__ = [
     "embedded_model_path",
     "encode_prompt",
     "load_model",
+    "no_progress_bars",
     "sample_completions",
     "sampled_accuracy",
 ]
@@ -410,7 +411,7 @@ def build_embedded(spec: EmbeddedSpec, out_dir: str | Path) -> dict[str, Any]:
     model.eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _no_progress_bars():
+    with no_progress_bars():
         model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     import transformers
@@ -487,7 +488,7 @@ def _sft(model, tokenizer, task: Task, spec: EmbeddedSpec) -> tuple[list[list[fl
 
 
 @contextmanager
-def _no_progress_bars():
+def no_progress_bars():
     """Silence transformers' progress bars (a one-shard save draws one per call)."""
     from transformers.utils import logging as hf_logging
 
@@ -617,7 +618,7 @@ def load_model(
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)  # keep the exact char vocab
     else:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    with _no_progress_bars():  # "Loading weights" bars are noise in notebooks and logs
+    with no_progress_bars():  # "Loading weights" bars are noise in notebooks and logs
         model = AutoModelForCausalLM.from_pretrained(path, **_dtype_kwargs(dtype)).to(device)
     model.eval()
     tokenizer.padding_side = "left"

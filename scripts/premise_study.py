@@ -69,8 +69,9 @@ def one_run(args: tuple) -> dict:
 
 
 def _mean(xs):
-    xs = [x for x in xs if x == x]
-    return sum(xs) / len(xs) if xs else float("nan")
+    from bapo.study import mean_ci
+
+    return mean_ci(xs)[0]  # nan-aware
 
 
 def main(argv=None) -> int:

@@ -60,9 +60,9 @@ def save_checkpoint(
     final = out / f"checkpoint-{step}"
     tmp = out / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
-    from bapo.models import _no_progress_bars
+    from bapo.models import no_progress_bars
 
-    with _no_progress_bars():  # no "Writing model shards" bar per checkpoint
+    with no_progress_bars():  # no "Writing model shards" bar per checkpoint
         model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
