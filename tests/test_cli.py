@@ -72,3 +72,17 @@ def test_compare_several_staleness_levels_matched_by_updates(tmp_path, embedded_
     assert len(updates[1]) == len(updates[2]) == 4  # matched: the same number of updates
     assert len(steps[1]) == 4 and len(steps[2]) == 2
     assert [u["offpolicy/staleness"] for u in updates[2]] == [0, 1, 0, 1]
+
+
+def test_compare_progress_estimates_the_time_left_from_steps():
+    from bapo.train.compare import Progress
+
+    now = [100.0]
+    p = Progress(steps_total=120, clock=lambda: now[0])
+    assert p.status() == ""  # nothing to estimate from yet
+    now[0] += 30.0
+    p.done(40)  # 40 steps in 30 s: 80 steps left take about 60 s
+    assert p.status() == "; 0:30 so far, about 1:00 left"
+    now[0] += 3600.0
+    p.done(40)
+    assert p.status() == "; 1:00:30 so far, about 30:15 left"

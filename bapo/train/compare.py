@@ -16,6 +16,7 @@ its staleness-1 run, and a run at staleness ``S`` makes as many.  Two ways to ge
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 from bapo.train.config import ALGOS, Config
@@ -59,6 +60,33 @@ def run_name(algo: str, staleness: int | None, several: bool) -> str:
     return f"{algo} S={staleness}" if several and staleness is not None else algo
 
 
+class Progress:
+    """Elapsed time and an estimate of the time left, from the seconds per step so far.
+
+    Runs at different staleness take different numbers of steps (rollouts) for the same
+    updates, so the estimate counts steps, not runs.
+    """
+
+    def __init__(self, steps_total: int, clock=time.monotonic):
+        self.clock, self.start = clock, clock()
+        self.steps_total, self.steps_done = steps_total, 0
+
+    def done(self, steps: int) -> None:
+        self.steps_done += steps
+
+    def status(self) -> str:
+        elapsed = self.clock() - self.start
+        if self.steps_done == 0:
+            return ""
+        left = elapsed / self.steps_done * (self.steps_total - self.steps_done)
+        return f"; {_clock(elapsed)} so far, about {_clock(left)} left"
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 def run_compare(
     base: Config,
     algos: list[str],
@@ -88,6 +116,8 @@ def run_compare(
     out = Path(out_dir)
     runs: dict[str, list[list[dict]]] = {}
     total, k = len(levels) * len(algos) * seeds, 0
+    steps_left = sum(configs[s].train.steps for s in levels) * len(algos) * seeds
+    clock = Progress(steps_left)
     for s in levels:
         for algo in algos:
             name = run_name(algo, s, several)
@@ -100,8 +130,9 @@ def run_compare(
                 k += 1
                 if verbose:
                     print(f"== run {k}/{total}: {algo}, seed {cfg.train.seed}, staleness "
-                          f"{cfg.staleness} ==", flush=True)  # fmt: skip
+                          f"{cfg.staleness}{clock.status()} ==", flush=True)  # fmt: skip
                 records = Trainer(cfg.validate(), callbacks=callbacks).train()
+                clock.done(cfg.train.steps)
                 runs.setdefault(name, []).append(records)
     shown = ",".join(str(s) for s in levels) if levels != [None] else str(base.staleness)
     matched = f" via {via} (matched updates)" if levels != [None] else ""

@@ -12,6 +12,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from bapo.glossary import describe
 from bapo.loss import BAPOConfig
 
 # (metric, panel title) in the order the report shows them
@@ -60,6 +61,43 @@ def arm_style(name: str, index: int = 0) -> tuple[str, str]:
     return color, dash
 
 
+def _hover_line(key: str, width: int = 60) -> str:
+    """The glossary's meaning of ``key``, wrapped for a hover box (``key`` itself if unknown)."""
+    try:
+        e = describe(key)
+    except KeyError:
+        return key
+    words, lines, line = f"{key}: {e.meaning} [{e.unit}]".split(), [], ""
+    for w in words:
+        if line and len(line) + len(w) + 1 > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}" if line else w
+    return "<br>".join([*lines, line])
+
+
+def panel_grid(metrics, cols: int, title: str = "") -> go.Figure:
+    """The empty panels of :func:`compare_figure`: titles, axis titles with units, the ``rho0``
+    line.  The live dashboard starts from it, so its axes are there before the first step."""
+    rows = math.ceil(len(metrics) / cols)
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=[t for _, t in metrics],
+        vertical_spacing=min(0.5 / rows, 0.14), horizontal_spacing=0.09,
+    )  # fmt: skip
+    for i, (key, _t) in enumerate(metrics):
+        row, col = i // cols + 1, i % cols + 1
+        fig.update_xaxes(title_text="step", title_standoff=4, row=row, col=col)
+        fig.update_yaxes(title_text=AXIS_TITLES.get(key, ""), row=row, col=col)
+        if key == "bapo/rho":  # the paper's target share rho0
+            fig.add_hline(y=BAPOConfig.rho0, line_dash="dash", annotation_text="rho0",
+                          exclude_empty_subplots=False, row=row, col=col)  # fmt: skip
+    fig.update_annotations(font_size=13)  # subplot titles that fit three to a notebook row
+    fig.update_layout(height=250 * rows + 40, title=title or None,
+                      margin=dict(t=60 if title else 40, b=30, l=60, r=20))  # fmt: skip
+    return fig
+
+
 def metric_band(runs: list[list[dict]], key: str):
     """Per step: mean, min and max of ``key`` over runs (seeds).  Steps missing in a run are
     skipped for that run."""
@@ -80,8 +118,7 @@ def compare_figure(
     runs: dict[str, list[list[dict]]], metrics=REPORT_METRICS, cols: int = 3, title: str = ""
 ) -> go.Figure:
     """One panel per metric; per algorithm the mean over seeds and a min-max band."""
-    rows = math.ceil(len(metrics) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for _, t in metrics])
+    fig = panel_grid(metrics, cols, title)
     for a, (algo, seeds) in enumerate(runs.items()):
         color, dash = arm_style(algo, a)
         for i, (key, _t) in enumerate(metrics):
@@ -98,18 +135,17 @@ def compare_figure(
                 )  # fmt: skip
             fig.add_trace(
                 go.Scatter(x=steps, y=mean, name=algo, line=dict(color=color, dash=dash),
-                           legendgroup=algo, showlegend=i == 0),
+                           legendgroup=algo, showlegend=i == 0,
+                           hovertemplate=hover_template(algo, key, len(seeds))),
                 row, col,
             )  # fmt: skip
-    for i, (key, _t) in enumerate(metrics):
-        row, col = i // cols + 1, i % cols + 1
-        fig.update_xaxes(title_text="step", row=row, col=col)
-        fig.update_yaxes(title_text=AXIS_TITLES.get(key, ""), row=row, col=col)
-        if key == "bapo/rho":  # the paper's target share rho0
-            fig.add_hline(y=BAPOConfig.rho0, line_dash="dash", annotation_text="rho0",
-                          row=i // cols + 1, col=i % cols + 1)  # fmt: skip
-    fig.update_layout(height=280 * rows, title=title or None, margin=dict(t=60, b=30))
     return fig
+
+
+def hover_template(arm: str, key: str, seeds: int = 1) -> str:
+    """Hover text of a metric line: the arm, step and value, then the glossary's meaning."""
+    what = f"mean of {seeds} seeds" if seeds > 1 else "value"
+    return f"<b>{arm}</b> step %{{x}}: {what} %{{y:.4g}}<br>{_hover_line(key)}<extra></extra>"
 
 
 SUMMARY_COLUMNS = [  # (row key, metric, steps averaged per seed: 0 = all, header)
@@ -174,6 +210,23 @@ def format_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def panel_legend(metrics) -> str:
+    """An HTML list: each panel's title and what its metric means (from :mod:`bapo.glossary`)."""
+    import html as _html
+
+    items = []
+    for key, title in metrics:
+        try:
+            e = describe(key)
+            text = f"{e.meaning} [{e.unit}]"
+        except KeyError:
+            text = key
+        items.append(
+            f"<li><b>{_html.escape(title)}</b> (<code>{key}</code>): {_html.escape(text)}</li>"
+        )
+    return "<ul style='font-size:90%'>" + "".join(items) + "</ul>"
+
+
 def write_report(
     runs: dict[str, list[list[dict]]], path: str | Path, title: str, notes: str = ""
 ) -> Path:
@@ -184,8 +237,12 @@ def write_report(
     body = fig.to_html(full_html=False, include_plotlyjs=True)
     html = (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{title}</title></head><body style='font-family:sans-serif'>"
-        f"<h2>{title}</h2><pre>{table}</pre><p>{notes}</p>{body}</body></html>"
+        f"<title>{title}</title></head><body style='font-family:sans-serif;max-width:1200px'>"
+        f"<h2>{title}</h2><pre>{table}</pre><p>{notes}</p>{body}"
+        f"<h3>What each panel shows</h3>{panel_legend(REPORT_METRICS)}"
+        "<p>Lines are means over seeds; shaded bands span the lowest to the highest seed. Hover"
+        " over a line for its value and meaning. Every metric is defined in docs/glossary.md.</p>"
+        "</body></html>"
     )
     path.write_text(html)
     return path
