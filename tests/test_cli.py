@@ -74,15 +74,17 @@ def test_compare_several_staleness_levels_matched_by_updates(tmp_path, embedded_
     assert [u["offpolicy/staleness"] for u in updates[2]] == [0, 1, 0, 1]
 
 
-def test_compare_progress_estimates_the_time_left_from_steps():
+def test_compare_progress_estimates_the_time_left_per_staleness_level():
     from bapo.train.compare import Progress
 
     now = [100.0]
-    p = Progress(steps_total=120, clock=lambda: now[0])
+    p = Progress([1, 1, 4, 4], clock=lambda: now[0])
     assert p.status() == ""  # nothing to estimate from yet
     now[0] += 30.0
-    p.done(40)  # 40 steps in 30 s: 80 steps left take about 60 s
-    assert p.status() == "; 0:30 so far, about 1:00 left"
+    p.done(1)  # one S=1 run took 30 s; the level-4 runs have no time yet: 30 s each too
+    assert p.status() == "; 0:30 so far, about 1:30 left"
+    now[0] += 10.0
+    p.done(1)  # S=1 runs average 20 s
     now[0] += 3600.0
-    p.done(40)
-    assert p.status() == "; 1:00:30 so far, about 30:15 left"
+    p.done(4)  # an S=4 run took an hour: the last one will too
+    assert p.status() == "; 1:00:40 so far, about 1:00:00 left"

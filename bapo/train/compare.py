@@ -61,25 +61,34 @@ def run_name(algo: str, staleness: int | None, several: bool) -> str:
 
 
 class Progress:
-    """Elapsed time and an estimate of the time left, from the seconds per step so far.
+    """Elapsed time and an estimate of the time left.
 
-    Runs at different staleness take different numbers of steps (rollouts) for the same
-    updates, so the estimate counts steps, not runs.
+    ``plan`` lists one key per run (its staleness level).  A run left is estimated by the mean
+    time of the finished runs with its key (same level: the same rollouts and updates), or of all
+    finished runs while its level has none yet.
     """
 
-    def __init__(self, steps_total: int, clock=time.monotonic):
+    def __init__(self, plan: list, clock=time.monotonic):
         self.clock, self.start = clock, clock()
-        self.steps_total, self.steps_done = steps_total, 0
+        self.left = list(plan)
+        self.took: dict = {}
+        self._mark = self.start
 
-    def done(self, steps: int) -> None:
-        self.steps_done += steps
+    def done(self, key) -> None:
+        now = self.clock()
+        self.took.setdefault(key, []).append(now - self._mark)
+        self._mark = now
+        self.left.remove(key)
 
     def status(self) -> str:
-        elapsed = self.clock() - self.start
-        if self.steps_done == 0:
+        if not self.took:
             return ""
-        left = elapsed / self.steps_done * (self.steps_total - self.steps_done)
-        return f"; {_clock(elapsed)} so far, about {_clock(left)} left"
+        every = [t for ts in self.took.values() for t in ts]
+        fallback = sum(every) / len(every)
+        left = sum(
+            sum(self.took[k]) / len(self.took[k]) if k in self.took else fallback for k in self.left
+        )
+        return f"; {_clock(self.clock() - self.start)} so far, about {_clock(left)} left"
 
 
 def _clock(seconds: float) -> str:
@@ -116,8 +125,7 @@ def run_compare(
     out = Path(out_dir)
     runs: dict[str, list[list[dict]]] = {}
     total, k = len(levels) * len(algos) * seeds, 0
-    steps_left = sum(configs[s].train.steps for s in levels) * len(algos) * seeds
-    clock = Progress(steps_left)
+    clock = Progress([s for s in levels for _ in algos for _ in range(seeds)])
     for s in levels:
         for algo in algos:
             name = run_name(algo, s, several)
@@ -132,7 +140,7 @@ def run_compare(
                     print(f"== run {k}/{total}: {algo}, seed {cfg.train.seed}, staleness "
                           f"{cfg.staleness}{clock.status()} ==", flush=True)  # fmt: skip
                 records = Trainer(cfg.validate(), callbacks=callbacks).train()
-                clock.done(cfg.train.steps)
+                clock.done(s)
                 runs.setdefault(name, []).append(records)
     shown = ",".join(str(s) for s in levels) if levels != [None] else str(base.staleness)
     matched = f" via {via} (matched updates)" if levels != [None] else ""
