@@ -171,3 +171,15 @@ def test_hover_text_comes_from_the_glossary(tmp_path):
     assert " ".join(words) in dash.widget.data[0].hovertemplate.replace("<br>", " ")
     html = write_report({"bapo": [records([1.0, 0.9])]}, tmp_path / "r.html", "t").read_text()
     assert "What each panel shows" in html and describe("bapo/rho").meaning[:30] in html
+
+
+def test_compare_figure_on_an_axis_of_updates():
+    # staleness 1: one update per step; staleness 4: four.  Matched runs end at the same update.
+    s1 = [{"step": i, "offpolicy/updates": 1, "entropy/mean": 1.0 - i / 10} for i in (1, 2, 3, 4)]
+    s4 = [{"step": 1, "offpolicy/updates": 4, "entropy/mean": 0.5}]
+    fig = compare_figure({"grpo S=1": [s1], "grpo S=4": [s4]}, [("entropy/mean", "H")], x="updates")
+    lines = {t.name: list(t.x) for t in fig.data}
+    assert lines == {"grpo S=1": [1, 2, 3, 4], "grpo S=4": [4]}
+    assert fig.layout.xaxis.title.text == "optimizer updates"
+    with pytest.raises(ValueError, match="x='epochs'"):
+        compare_figure({"a": [s1]}, [("entropy/mean", "H")], x="epochs")

@@ -146,7 +146,7 @@ def run_compare(
     matched = f" via {via} (matched updates)" if levels != [None] else ""
     title = (f"{base.preset}: {', '.join(algos)} at staleness {shown}{matched}, "
              f"{seeds} seed(s)")  # fmt: skip
-    write_report(runs, out / "report.html", title)
+    write_report(runs, out / "report.html", title, x="updates" if several else "step")
     table = format_summary(summary_rows(runs))
     (out / "summary.txt").write_text(title + "\n" + table + "\n")
     if verbose:

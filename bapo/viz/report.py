@@ -77,9 +77,14 @@ def _hover_line(key: str, width: int = 60) -> str:
     return "<br>".join([*lines, line])
 
 
-def panel_grid(metrics, cols: int, title: str = "") -> go.Figure:
+X_AXES = {"step": "step", "updates": "optimizer updates"}
+
+
+def panel_grid(metrics, cols: int, title: str = "", x: str = "step") -> go.Figure:
     """The empty panels of :func:`compare_figure`: titles, axis titles with units, the ``rho0``
     line.  The live dashboard starts from it, so its axes are there before the first step."""
+    if x not in X_AXES:
+        raise ValueError(f"x={x!r} is not allowed: use 'step' or 'updates'")
     rows = math.ceil(len(metrics) / cols)
     fig = make_subplots(
         rows=rows, cols=cols, subplot_titles=[t for _, t in metrics],
@@ -87,7 +92,7 @@ def panel_grid(metrics, cols: int, title: str = "") -> go.Figure:
     )  # fmt: skip
     for i, (key, _t) in enumerate(metrics):
         row, col = i // cols + 1, i % cols + 1
-        fig.update_xaxes(title_text="step", title_standoff=4, row=row, col=col)
+        fig.update_xaxes(title_text=X_AXES[x], title_standoff=4, row=row, col=col)
         fig.update_yaxes(title_text=AXIS_TITLES.get(key, ""), row=row, col=col)
         if key == "bapo/rho":  # the paper's target share rho0
             fig.add_hline(y=BAPOConfig.rho0, line_dash="dash", annotation_text="rho0",
@@ -98,15 +103,28 @@ def panel_grid(metrics, cols: int, title: str = "") -> go.Figure:
     return fig
 
 
-def metric_band(runs: list[list[dict]], key: str):
-    """Per step: mean, min and max of ``key`` over runs (seeds).  Steps missing in a run are
-    skipped for that run."""
+def _x_values(records: list[dict], x: str) -> list[float]:
+    """Each record's position: its step, or the optimizer updates made by the end of it."""
+    if x == "step":
+        return [int(r["step"]) for r in records]
+    if x != "updates":
+        raise ValueError(f"x={x!r} is not allowed: use 'step' or 'updates'")
+    total, out = 0, []
+    for r in records:
+        total += int(r.get("offpolicy/updates", 1))
+        out.append(total)
+    return out
+
+
+def metric_band(runs: list[list[dict]], key: str, x: str = "step"):
+    """Per step (or per update count, ``x="updates"``): mean, min and max of ``key`` over runs
+    (seeds).  Positions missing in a run are skipped for that run."""
     by_step: dict[int, list[float]] = {}
     for records in runs:
-        for r in records:
+        for pos, r in zip(_x_values(records, x), records):
             v = r.get(key)
             if isinstance(v, (int, float)) and math.isfinite(v):
-                by_step.setdefault(int(r["step"]), []).append(float(v))
+                by_step.setdefault(pos, []).append(float(v))
     steps = sorted(by_step)
     mean = [sum(by_step[s]) / len(by_step[s]) for s in steps]
     lo = [min(by_step[s]) for s in steps]
@@ -115,14 +133,21 @@ def metric_band(runs: list[list[dict]], key: str):
 
 
 def compare_figure(
-    runs: dict[str, list[list[dict]]], metrics=REPORT_METRICS, cols: int = 3, title: str = ""
+    runs: dict[str, list[list[dict]]],
+    metrics=REPORT_METRICS,
+    cols: int = 3,
+    title: str = "",
+    x: str = "step",
 ) -> go.Figure:
-    """One panel per metric; per algorithm the mean over seeds and a min-max band."""
-    fig = panel_grid(metrics, cols, title)
+    """One panel per metric; per algorithm the mean over seeds and a min-max band.
+
+    ``x="updates"`` puts runs on one axis of optimizer updates: the axis on which staleness
+    levels matched by updates line up (a staleness-4 step makes 4 updates)."""
+    fig = panel_grid(metrics, cols, title, x)
     for a, (algo, seeds) in enumerate(runs.items()):
         color, dash = arm_style(algo, a)
         for i, (key, _t) in enumerate(metrics):
-            steps, mean, lo, hi = metric_band(seeds, key)
+            steps, mean, lo, hi = metric_band(seeds, key, x)
             if not steps:
                 continue
             row, col = i // cols + 1, i % cols + 1
@@ -145,7 +170,7 @@ def compare_figure(
 def hover_template(arm: str, key: str, seeds: int = 1) -> str:
     """Hover text of a metric line: the arm, step and value, then the glossary's meaning."""
     what = f"mean of {seeds} seeds" if seeds > 1 else "value"
-    return f"<b>{arm}</b> step %{{x}}: {what} %{{y:.4g}}<br>{_hover_line(key)}<extra></extra>"
+    return f"<b>{arm}</b> at %{{x}}: {what} %{{y:.4g}}<br>{_hover_line(key)}<extra></extra>"
 
 
 SUMMARY_COLUMNS = [  # (row key, metric, steps averaged per seed: 0 = all, header)
@@ -228,11 +253,17 @@ def panel_legend(metrics) -> str:
 
 
 def write_report(
-    runs: dict[str, list[list[dict]]], path: str | Path, title: str, notes: str = ""
+    runs: dict[str, list[list[dict]]],
+    path: str | Path,
+    title: str,
+    notes: str = "",
+    x: str = "step",
 ) -> Path:
-    """A single HTML file (plotly.js inlined) with the comparison figure and the summary table."""
+    """A single HTML file (plotly.js inlined) with the comparison figure and the summary table.
+
+    ``x="updates"`` when the arms differ in staleness (see :func:`compare_figure`)."""
     path = Path(path)
-    fig = compare_figure(runs, title=title)
+    fig = compare_figure(runs, title=title, x=x)
     table = format_summary(summary_rows(runs))
     body = fig.to_html(full_html=False, include_plotlyjs=True)
     html = (
