@@ -81,12 +81,23 @@ def main(argv: list[str] | None = None) -> int:
             algos = [a.strip() for a in args.algos.split(",") if a.strip()]
             levels = _staleness_levels(args.staleness)
             run_compare(cfg, algos, args.seeds, cfg.run.out_dir, staleness=levels, via=args.via)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"bapo: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"bapo: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # 130 for SIGINT, 143 for SIGTERM (bapo.train.trainer)
+        return getattr(e, "exit_code", 130)
+    except RuntimeError as e:
+        from bapo.train.trainer import NonFiniteLossError
+
+        if not isinstance(e, NonFiniteLossError):
+            raise
+        print(f"bapo: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":
