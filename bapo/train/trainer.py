@@ -98,6 +98,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_dtype(name: str, device: torch.device) -> None:
+    """``model.dtype`` against the device: bfloat16 (also what ``auto`` uses on CUDA) needs a GPU
+    that has it."""
+    if device.type == "cuda" and name in ("bfloat16", "auto"):
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError(
+                f"model.dtype={name!r} needs bfloat16, which {torch.cuda.get_device_name(device)}"
+                " lacks: use float16 or float32"
+            )
+
+
 def check_run_folder(out_dir: Path) -> None:
     """``run.out_dir`` is (or can become) a folder this process can write, checked before any
     model is loaded or step is taken."""
@@ -143,6 +154,7 @@ class Trainer:
         self.update_hook = update_hook  # sees each update's tensors (tests, notebooks)
         self.sample_hook = sample_hook  # sees each step's finished samples
         self.device = resolve_device(cfg.model.device)
+        check_dtype(cfg.model.dtype, self.device)
         check_run_folder(self.out_dir)
         ckpt = self._claim_run_folder(resume)
         torch.manual_seed(cfg.train.seed)
