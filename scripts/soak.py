@@ -81,12 +81,13 @@ def reference(out: Path, scenario: str, steps: int) -> dict:
 def interrupt(argv: list[str], out: Path, sig: int, rng: random.Random, steps: int, step_s: float):
     """Start ``argv``, wait for a random number of finished steps and a random part of the next
     one, send ``sig``; returns (exit code, stderr, where the signal was aimed)."""
-    start = n_rows(out)
+    t0 = time.time_ns()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not _written_since(out / "config.yaml", t0):
+        time.sleep(0.01)  # the model is loading; train() has not started
+    start = n_rows(out)  # train() has dropped any rows past the checkpoint it resumed from
     target = rng.randrange(0, max(steps - start, 1))
     frac = rng.random()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while proc.poll() is None and not (out / "metrics.jsonl").exists():
-        time.sleep(0.01)  # the model is loading; train() has not started
     while proc.poll() is None and n_rows(out) < start + target:
         time.sleep(0.005)
     time.sleep(frac * step_s * 1.5)
@@ -96,12 +97,26 @@ def interrupt(argv: list[str], out: Path, sig: int, rng: random.Random, steps: i
     return proc.returncode, err, f"step {start + target + 1}+{frac:.2f}"
 
 
+def _written_since(path: Path, t0_ns: int) -> bool:
+    try:
+        return path.stat().st_mtime_ns >= t0_ns
+    except FileNotFoundError:
+        return False
+
+
 def check_stop(out: Path, sig: int, code: int, err: str) -> str | None:
-    """What is wrong with how a SIGINT/SIGTERM run stopped, or None."""
+    """What is wrong with how a SIGINT/SIGTERM run stopped, or None.
+
+    A signal that arrives before train() takes over the signals (the soak waits for train() to
+    rewrite config.yaml, which it does after taking them over, so this should not happen)
+    stops the process the default way (-15 for SIGTERM, the shell's 143) before any step:
+    accepted, with nothing to check (the resume must still come out identical)."""
     from bapo.train.checkpoint import latest_checkpoint
 
     if sig == signal.SIGKILL:
         return None if code in (-signal.SIGKILL, 0) else f"SIGKILL exit code {code}"
+    if code == -sig:
+        return None
     if code not in (128 + sig, 0):
         return f"{signal.Signals(sig).name} exit code {code}, expected {128 + sig}: {err[-300:]}"
     if "Traceback" in err:

@@ -224,7 +224,6 @@ class Trainer:
             ckpt, problems = resumable_checkpoint(self.out_dir)
             for line in problems:
                 warnings.warn(line, stacklevel=3)
-                print(f"warning: {line}", file=sys.stderr)
             return ckpt
         old = checkpoint_dirs(self.out_dir)
         if old and not self.cfg.run.overwrite:
@@ -236,6 +235,8 @@ class Trainer:
             shutil.rmtree(d)
         for name in ("metrics.jsonl", "updates.jsonl"):
             (self.out_dir / name).unlink(missing_ok=True)
+        if old:
+            shutil.rmtree(self.out_dir / "tb", ignore_errors=True)
         return None
 
     # ------------------------------------------------------------------------------------------
@@ -286,12 +287,12 @@ class Trainer:
             keep_until_step=self.step,
         )
         updates_log = MetricsLogger(self.out_dir / "updates.jsonl", keep_until_step=self.step)
-        atomic_write_text(self.out_dir / "config.yaml", cfg.to_yaml())
         records = []
         bar = _progress(cfg.run.progress, total=cfg.train.steps, initial=self.step)
         signals = _DeferredSignals()
         try:
             with signals:
+                atomic_write_text(self.out_dir / "config.yaml", cfg.to_yaml())
                 while self.step < cfg.train.steps:
                     self._begin_step()
                     record = self.train_step()
