@@ -266,7 +266,8 @@ return [...{PANEL}.querySelectorAll('.jp-CodeCell')].map(cell => {{
   const out = cell.querySelector('.jp-OutputArea');
   return {{
     plots: out.querySelectorAll('.js-plotly-plot').length,
-    widgets: out.querySelectorAll('.widget-vbox .widget-slider').length,
+    widgets: [...out.querySelectorAll('.widget-vbox')]
+               .filter(b => b.querySelector(':scope > .widget-slider')).length,
     text: out.innerText,
   }};
 }});
@@ -363,6 +364,39 @@ def _drag_first_slider(driver, box) -> tuple[str, str, str]:
     return label, before, readout.text
 
 
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _views(cell: dict) -> tuple[int, int]:
+    """(plotly figures, widget views) a saved code cell displays; here every widget view is a
+    :func:`~bapo.viz.figures.live_figure` box, sliders over one figure."""
+    data = [o.get("data", {}) for o in cell["outputs"]]
+    widgets = sum(WIDGET_MIME in d for d in data)
+    return sum(PLOTLY_MIME in d for d in data) + widgets, widgets
+
+
+def _save(driver, path: Path) -> list[dict]:
+    """File > Save through the notebook's toolbar button; the saved code cells."""
+    from selenium.webdriver.common.by import By
+
+    before = path.stat().st_mtime_ns
+    driver.find_element(
+        By.CSS_SELECTOR, ".jp-NotebookPanel-toolbar [data-command='docmanager:save']"
+    ).click()
+
+    def saved(_):
+        try:
+            if path.stat().st_mtime_ns != before:
+                return [
+                    c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"
+                ]
+        except ValueError:  # caught half-written
+            return None
+
+    return _wait(driver, f"JupyterLab to save {path.name}", START_S, saved)
+
+
 def _screenshot(driver, name: str, stage: str) -> None:
     """With BAPO_BROWSER_SHOTS=<dir>, save what the browser shows (for a failing run)."""
     if shots := os.environ.get("BAPO_BROWSER_SHOTS"):
@@ -394,14 +428,18 @@ def test_notebook_runs_and_widgets_respond(lab, browser, name):
     assert len(state["prompts"]) == len(code)
     t_run = time.monotonic()
 
-    # every figure drawn: one per `.show()` in a cell, plus one per live widget it returns
-    sources = ["".join(c["source"]) for c in code]  # nbformat: a string or a list of lines
-    widget_cell = [bool(re.match(r"\w*widget\(", s.strip().splitlines()[-1])) for s in sources]
-    want = [(s.count(".show()") + w, w) for s, w in zip(sources, widget_cell)]
+    # what the kernel sent, as JupyterLab saves it (to the temporary copy): no error, and the
+    # figures (plotly's mime type) and widget views that the browser must have drawn
+    saved = _save(browser, work / name)
+    errors = [o for c in saved for o in c["outputs"] if o["output_type"] == "error"]
+    assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+    assert all(c["execution_count"] for c in saved), f"{name}: a code cell did not run"
+    want = [_views(c) for c in saved]
+    assert sum(w for _, w in want) > 0, f"{name} displays no widget"
 
     def rendered(d):  # all drawn, or a failure to draw that waiting will not mend
         outs = d.execute_script(OUTPUTS_JS)
-        got = [(o["plots"], o["widgets"] > 0) for o in outs]
+        got = [(o["plots"], o["widgets"]) for o in outs]
         broken = any(bad in o["text"] for o in outs for bad in BAD_TEXT)
         return outs if got == want or broken else None
 
@@ -410,14 +448,14 @@ def test_notebook_runs_and_widgets_respond(lab, browser, name):
     for i, o in enumerate(outs):
         for bad in BAD_TEXT:
             assert bad not in o["text"], f"code cell {i} of {name} shows {bad!r}:\n{o['text']}"
-    assert [(o["plots"], o["widgets"] > 0) for o in outs] == want
+    assert [(o["plots"], o["widgets"]) for o in outs] == want
 
     # each live widget: drag its first slider; plotly's data and the SVG it drew both change
     panel = browser.find_element(By.CSS_SELECTOR, ".jp-NotebookPanel:not(.lm-mod-hidden)")
     boxes = panel.find_elements(
         By.XPATH, ".//div[contains(@class, 'widget-vbox')][div[contains(@class, 'js-plotly-plot')]]"
     )
-    assert len(boxes) == sum(widget_cell) > 0
+    assert len(boxes) == sum(w for _, w in want)
     moved = []
     for k, box in enumerate(boxes):
         plot = box.find_element(By.CSS_SELECTOR, ".js-plotly-plot")
