@@ -273,13 +273,11 @@ return [...{PANEL}.querySelectorAll('.jp-CodeCell')].map(cell => {{
 }});
 """
 
-# a figure as the browser holds it: plotly's data and layout, and the SVG it drew
+# a figure as the browser holds it: plotly's traces, and the SVG it drew (axes, lines, shapes)
 FIGURE_JS = """
 const gd = arguments[0];
-const layout = gd.layout || {};
 return {
   data: JSON.stringify(gd.data),
-  layout: JSON.stringify([layout.shapes, layout.annotations, layout.title]),
   svg: [...gd.querySelectorAll('svg.main-svg')].map(s => s.outerHTML).join(''),
 };
 """
