@@ -36,9 +36,25 @@ different quantity that favours confident tokens ("Eq. 8 read literally over sam
 ``tests/test_loss.py`` shows on a vocabulary where the sum is exact that the plain estimate
 converges to Eq. 8 and the weighted one does not.
 
-The ``"gradient"`` measure is this toolkit's reading of Eq. 8: as typeset, Eq. 8 measures loss
-*values* (``min(r*A, clip(r)*A)`` summed over positive and over negative tokens, with absolute
-values around the signed sums), which is the ``"value"`` measure.
+What Eq. 8 prints (page 6)::
+
+    | sum_{A_t > 0} pi_rollout(y_t) * min(r_t*A_t, clip(r_t, 0, c_high)*A_t) |
+    ------------------------------------------------------------------------------  >=  rho0
+    | sum_{A_t}     pi_rollout(y_t) * min(r_t*A_t, clip(r_t, c_low, c_high)*A_t) |
+
+loss *values*, with absolute values around *signed* sums, the numerator over positive tokens
+only.  Read to the letter, positive and negative terms would cancel inside the denominator's
+``|.|`` and the quotient could exceed 1.  Both measures here (and the authors' code, whose target
+is ``pos / |neg|``) instead compare the *magnitudes* ``pos`` and ``neg`` of the positive and the
+negative sums: ``rho = pos / (pos + neg)``.  ``"value"`` keeps Eq. 8's loss values; ``"gradient"``
+is this toolkit's reading of what those values stand for (the share of the gradient).
+
+**Boundary convention.** A ratio exactly equal to a bound is *not* clipped: ``A > 0`` is
+clipped where ``r > c_high``, ``A < 0`` where ``r < c_low`` (or ``r > dual_clip``).  That is
+what ``torch.clamp`` + ``min`` give in verl, TRL and the authors' code (``clamp`` passes the
+gradient at its bounds, so a tie keeps the full gradient), and :func:`clip_regions`, the loss,
+the clip counters and the search all use it.  One exception on the framework side: at exactly
+``r = dual_clip`` verl's ``torch.min`` of two equal values splits the gradient in half.
 """
 
 from __future__ import annotations
@@ -90,8 +106,9 @@ def _check_range(name: str, value: float, lo: float, hi: float, *, lo_open=False
 class FixedClip:
     """Fixed bounds on the importance ratio ``r``: Eq. 4 with ``c_low=1-eps``, ``c_high=1+eps``.
 
-    ``dual_clip`` (optional, > 1) also clips negative-advantage tokens whose ratio reaches it
-    (dual-clip PPO), which bounds the loss of a negative token at ``|A| * dual_clip``.
+    ``dual_clip`` (optional, > 1, hence > ``c_low``) also clips negative-advantage tokens whose
+    ratio exceeds it (dual-clip PPO), which bounds the loss of a negative token at
+    ``|A| * dual_clip``.  It acts on negative tokens only, so it may lie below ``c_high``.
     """
 
     c_low: float = 0.8
@@ -102,7 +119,7 @@ class FixedClip:
         _check_range("c_low", self.c_low, 0.0, 1.0, lo_open=True)
         _check_range("c_high", self.c_high, 1.0, math.inf, hi_open=True)
         if self.dual_clip is not None:
-            _check_range("dual_clip", self.dual_clip, max(1.0, self.c_high), math.inf, lo_open=True)
+            _check_range("dual_clip", self.dual_clip, 1.0, math.inf, lo_open=True, hi_open=True)
 
     @classmethod
     def grpo(cls) -> FixedClip:
@@ -119,11 +136,14 @@ class FixedClip:
 class BAPOConfig:
     """Hyper-parameters of BAPO's adaptive clipping (Algorithm 1, Section 5.1).
 
-    The bounds move on the grids ``c_low = a_minus + k*delta2`` (up to ``b_minus``) and
-    ``c_high = a_plus + k*delta1`` (up to ``b_plus``), ``k`` an integer: no float drift builds up.
+    The bounds move on the grids ``c_low = a_minus + k*delta2`` and ``c_high = a_plus + k*delta1``
+    (``k`` an integer: no float drift builds up), each ending at its maximum: where the step does
+    not divide the range, the last step is ``min(c + delta, b)`` as in the authors' code (lower
+    0.8 to 0.95 step 0.1 visits 0.8, 0.9, 0.95).
 
-    * ``order="paper"``: Algorithm 1 - while ``rho < rho0`` and ``c_low + delta2 <= b_minus``,
-      raise ``c_high`` by ``delta1`` if that stays ``<= b_plus``, else ``c_low`` by ``delta2``.
+    * ``order="paper"``: Algorithm 1 - while ``rho < rho0`` and ``c_low`` is below ``b_minus``
+      (line 10's ``c_low + delta2 <= b_minus`` on a range the step divides), raise ``c_high``
+      by ``delta1`` while it is below ``b_plus``, else ``c_low`` by ``delta2``.
     * ``order="official"``: the authors' public verl code - raise ``c_low`` to ``b_minus`` first,
       then ``c_high`` to ``b_plus``, stopping as soon as the target is met.
     * ``contribution``: ``"gradient"`` or ``"value"`` (see the module docstring).
@@ -133,7 +153,8 @@ class BAPOConfig:
     * ``rollout_weight``: weight each sampled token once more by ``pi_rollout(y_t)`` (Eq. 8 read
       literally over sampled tokens).  Off by default: the plain sum over sampled tokens is the
       estimate of Eq. 8's expectation, as in the public code (see the module docstring).
-    * ``dual_clip``: also clip negative tokens at ``r >= dual_clip`` (public code: 3.0).
+    * ``dual_clip``: also clip negative tokens at ``r > dual_clip`` (public code: 3.0); it
+      needs only exceed 1 (and so ``c_low``), not ``b_plus``: it acts on negative tokens only.
     """
 
     rho0: float = 0.4
@@ -171,7 +192,7 @@ class BAPOConfig:
         if not isinstance(self.rollout_weight, bool):
             raise ValueError(f"rollout_weight={self.rollout_weight!r} must be True or False")
         if self.dual_clip is not None:
-            _check_range("dual_clip", self.dual_clip, max(1.0, self.b_plus), math.inf, lo_open=True)
+            _check_range("dual_clip", self.dual_clip, 1.0, math.inf, lo_open=True, hi_open=True)
 
     @classmethod
     def paper(cls, **overrides) -> BAPOConfig:
@@ -203,21 +224,22 @@ class BAPOConfig:
     # --- the bound grids ----------------------------------------------------------------------
     @property
     def n_low(self) -> int:
-        """Number of ``delta2`` steps that fit in ``[a_minus, b_minus]``."""
+        """Number of ``delta2`` steps from ``a_minus`` to ``b_minus`` (the last may be shorter)."""
         return _n_steps(self.a_minus, self.b_minus, self.delta2)
 
     @property
     def n_high(self) -> int:
-        """Number of ``delta1`` steps that fit in ``[a_plus, b_plus]``."""
+        """Number of ``delta1`` steps from ``a_plus`` to ``b_plus`` (the last may be shorter)."""
         return _n_steps(self.a_plus, self.b_plus, self.delta1)
 
     def c_low_at(self, k: int) -> float:
-        """``a_minus + k*delta2``, rounded to 10 decimals so 0.6 + 15*0.02 reads 0.9."""
-        return round(self.a_minus + k * self.delta2, 10)
+        """``a_minus + k*delta2`` rounded to 10 decimals (0.6 + 15*0.02 reads 0.9), and
+        ``b_minus`` at the last grid point."""
+        return _grid_at(self.a_minus, self.b_minus, self.delta2, k, self.n_low)
 
     def c_high_at(self, k: int) -> float:
-        """``a_plus + k*delta1``, rounded to 10 decimals."""
-        return round(self.a_plus + k * self.delta1, 10)
+        """``a_plus + k*delta1`` rounded to 10 decimals, and ``b_plus`` at the last grid point."""
+        return _grid_at(self.a_plus, self.b_plus, self.delta1, k, self.n_high)
 
     def path(self) -> list[tuple[int, int]]:
         """Grid indices ``(k_low, k_high)`` that Algorithm 1 visits if the target is never met."""
@@ -225,7 +247,17 @@ class BAPOConfig:
 
 
 def _n_steps(a: float, b: float, delta: float) -> int:
-    return int(math.floor((b - a) / delta + 1e-9))
+    q = (b - a) / delta
+    near = round(q)
+    return int(near) if abs(q - near) <= 1e-9 * max(1.0, q) else int(math.ceil(q))
+
+
+def _grid_at(a: float, b: float, delta: float, k: int, n: int) -> float:
+    """Grid point ``k`` of ``a, a + delta, ..., b``: exact ``a + k*delta`` below the top, ``b`` at it
+    (the authors' ``min(c + delta, b)``)."""
+    if not 0 <= k <= n:
+        raise ValueError(f"grid index k={k} is out of range: allowed [0, {n}]")
+    return float(b) if k == n else min(round(a + k * delta, 10), float(b))
 
 
 @lru_cache(maxsize=64)
@@ -267,17 +299,18 @@ def clip_regions(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The clipped tokens of Eq. 7, as three boolean tensors ``(high, low, dual)``.
 
-    ``high``: ``A > 0`` and ``r >= c_high``; ``low``: ``A < 0`` and ``r <= c_low``; ``dual``:
-    ``A < 0`` and ``r >= dual_clip``.  ``X(y) = 1`` exactly where none of them holds: these are
-    the tokens whose gradient :func:`policy_loss` keeps.
+    ``high``: ``A > 0`` and ``r > c_high``; ``low``: ``A < 0`` and ``r < c_low``; ``dual``:
+    ``A < 0`` and ``r > dual_clip``.  ``X(y) = 1`` exactly where none of them holds: these are
+    the tokens whose gradient :func:`policy_loss` keeps.  A ratio equal to a bound is unclipped,
+    as ``torch.clamp`` treats it in verl and TRL (see the module docstring).
     """
     pos, neg = advantages > 0, advantages < 0
-    high = pos & (ratio >= c_high)
-    low = neg & (ratio <= c_low)
+    high = pos & (ratio > c_high)
+    low = neg & (ratio < c_low)
     if dual_clip is None:
         dual = torch.zeros_like(high)
     else:
-        dual = neg & (ratio >= dual_clip)
+        dual = neg & (ratio > dual_clip)
     return high, low, dual
 
 
@@ -353,6 +386,7 @@ class Bounds:
     c_high: float
     rho: float
     n_steps: int
+    skipped: bool = False  # no token could be clipped at any grid point: stayed at the start
 
 
 @dataclass(frozen=True)
@@ -366,11 +400,14 @@ class SearchPath:
     rho: torch.Tensor  # (P,) positive share
     met: torch.Tensor  # (P,) bool: the target holds here
     stop: int  # index of the chosen point (n_steps)
+    skipped: bool = False  # nothing clippable anywhere on the grid: the search did not run
 
     @property
     def bounds(self) -> Bounds:
         i = self.stop
-        return Bounds(float(self.c_low[i]), float(self.c_high[i]), float(self.rho[i]), i)
+        return Bounds(
+            float(self.c_low[i]), float(self.c_high[i]), float(self.rho[i]), i, self.skipped
+        )
 
 
 def _masked_inputs(log_probs, old_log_probs, advantages, mask):
@@ -430,22 +467,23 @@ def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool) -> SearchPath
     h64, l64 = h64.to(ratio.device), l64.to(ratio.device)
     # One bucketize serves both signs.  A positive token's query is r on the c_high grid, a
     # negative token's is -r on the mirrored c_low grid (-c_low < 0 < c_high, so the two halves
-    # of the merged grid never mix), and bucketize(right=True) counts grid points <= query:
-    #   A > 0: j_i = #{c_high[j] <= r}; the token is unclipped at c_high[j] iff r < c_high[j]
+    # of the merged grid never mix), and bucketize(right=False) counts grid points < query,
+    # which is the boundary convention of clip_regions (a ratio equal to a bound is unclipped):
+    #   A > 0: j_i = #{c_high[j] < r}; the token is unclipped at c_high[j] iff r <= c_high[j]
     #          iff j >= j_i, so sum_pos[j] is a prefix sum over j_i.
-    #   A < 0: i_i = #{c_low[k] >= r}; the token is unclipped at c_low[k] iff r > c_low[k]
+    #   A < 0: i_i = #{c_low[k] > r}; the token is unclipped at c_low[k] iff r >= c_low[k]
     #          iff i_i <= n_low - k, so sum_neg[k] is a prefix sum up to n_low - k.
-    # Comparisons run in the ratio's dtype, exactly as `ratio >= c_high` does in the loss.
+    # Comparisons run in the ratio's dtype, exactly as `ratio > c_high` does in the loss.
     lo_grid, hi_grid = l64.to(ratio.dtype), h64.to(ratio.dtype)
     grid = torch.cat([-lo_grid.flip(0), hi_grid])
     is_pos = adv > 0
     query = ratio * adv.sign().to(ratio.dtype)  # r for A > 0, -r for A < 0 (A = 0 weighs 0)
-    bucket = torch.bucketize(query, grid, right=True, out_int32=True)
+    bucket = torch.bucketize(query, grid, right=False, out_int32=True)
     bucket.add_(is_pos)  # positives land in buckets n_low + 2 and up
     # A = 0 tokens weigh nothing.  Under the gradient measure a dual-clipped negative token is
     # clipped at every c_low, so it weighs nothing either.
     if cfg.dual_clip is not None and cfg.contribution == "gradient":
-        abs_w = abs_w.masked_fill_((adv < 0) & (ratio >= cfg.dual_clip), 0.0)
+        abs_w = abs_w.masked_fill_((adv < 0) & (ratio > cfg.dual_clip), 0.0)
     parts = [(abs_w * ratio).to(torch.float64)]  # w*r*|A|: an unclipped token's gradient
     if cfg.contribution == "value":
         parts.append(abs_w.to(torch.float64))  # w*|A|: times the bound, a clipped token's value
@@ -463,6 +501,12 @@ def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool) -> SearchPath
         pos_sum = pos_sum + h64 * (pos_1.sum() - pos_1.cumsum(0)[: n_high + 1])
         neg_sum = neg_sum + l64 * (neg_1.sum() - neg_1.cumsum(0)[: n_low + 1].flip(0))
     any_signal = hists.sum() > 0
+    # Bucket 0 holds the negative tokens unclipped at every c_low (r >= b_minus), bucket
+    # n_low + 2 the positive ones unclipped at every c_high (r <= a_plus).  With no weight
+    # anywhere else no token can be clipped at any grid point: every point has the same rho,
+    # and the search stays at the start and says so.
+    clippable = hists[:, 1 : n_low + 2].sum() + hists[:, n_low + 3 :].sum()
+    skipped = ~(clippable > 0)
 
     k_low_t, k_high_t = _path_indices(cfg.order, n_low, n_high)
     k_low = torch.tensor(k_low_t, device=ratio.device)
@@ -477,7 +521,8 @@ def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool) -> SearchPath
     first = torch.argmax(met.to(torch.int8))
     last = torch.tensor(len(k_low_t) - 1, device=ratio.device)
     stop = torch.where(met.any(), first, last)
-    stop = int(torch.where(any_signal, stop, torch.zeros_like(stop)))  # the one host sync
+    stop = torch.where(any_signal & ~skipped, stop, torch.zeros_like(stop))
+    stop, skipped = torch.stack([stop, skipped.to(stop.dtype)]).tolist()  # the one host sync
     return SearchPath(
         c_low=l64[k_low],
         c_high=h64[k_high],
@@ -486,6 +531,7 @@ def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool) -> SearchPath
         rho=share(pos, neg),
         met=met,
         stop=stop,
+        skipped=bool(skipped),
     )
 
 
@@ -524,6 +570,7 @@ class LossStats:
     rho_gradient: float  # ... under the gradient measure
     rho_value: float  # ... under the loss-value measure
     n_steps: int  # BAPO search steps (0 for a fixed clip)
+    search_skipped: float  # 1.0 when no token could be clipped anywhere on BAPO's grid, else 0.0
     clip_high_frac: float  # A>0 and r >= c_high, over all tokens
     clip_low_frac: float  # A<0 and r <= c_low
     clip_dual_frac: float  # A<0 and r >= dual_clip
@@ -547,6 +594,7 @@ class LossStats:
             "bapo/rho_gradient": self.rho_gradient,
             "bapo/rho_value": self.rho_value,
             "bapo/search_steps": self.n_steps,
+            "bapo/search_skipped": self.search_skipped,
             "clip/high_frac": self.clip_high_frac,
             "clip/low_frac": self.clip_low_frac,
             "clip/dual_frac": self.clip_dual_frac,
@@ -588,6 +636,7 @@ def policy_loss(
     *,
     count: float | None = None,
     rollout_weight: bool | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """The clipped policy-gradient loss (negated Eq. 4; Algorithm 1 line 19 for BAPO).
 
@@ -602,6 +651,9 @@ def policy_loss(
     sequences) when one mini-batch is split into micro-batches for gradient accumulation.
     ``rollout_weight`` sets the Eq. 8 weight of the reported ``rho`` (and of a BAPO search);
     ``None`` takes the BAPO config's, or ``False`` (the plain sampled sum) for a fixed clip.
+    ``token_weights`` (``>= 0``, broadcastable to ``log_probs``) multiply each token's loss
+    *after* the search, which runs on the plain advantages: the authors' order for verl's
+    rollout importance-sampling weights.  The reported statistics ignore them too.
     """
     clip = FixedClip() if clip is None else clip
     if agg not in AGG_MODES:
@@ -622,10 +674,10 @@ def policy_loss(
     if isinstance(clip, BAPOConfig):
         with torch.no_grad():
             b = _search(ratio.detach(), advantages, abs_w, clip, True).bounds
-        c_low, c_high, n_steps = b.c_low, b.c_high, b.n_steps
+        c_low, c_high, n_steps, skipped = b.c_low, b.c_high, b.n_steps, b.skipped
         measure = clip.contribution
     else:
-        c_low, c_high, n_steps = clip.c_low, clip.c_high, 0
+        c_low, c_high, n_steps, skipped = clip.c_low, clip.c_high, 0, False
         measure = "gradient"
     dual = clip.dual_clip
 
@@ -637,10 +689,14 @@ def policy_loss(
         bound = bound.masked_fill(dual_mask, dual)
     r_eff = torch.where(clipped, bound, ratio)
     per_token = -(r_eff * adv)
+    if token_weights is not None:
+        per_token = per_token * token_weights.to(per_token.dtype)
     loss = _aggregate(per_token, mask, agg, count)
     stats = _loss_stats(
         log_probs, ratio, adv, abs_w, mask, high, low, dual_mask, c_low, c_high, n_steps, measure
     )
+    if skipped:
+        stats = dataclasses.replace(stats, search_skipped=1.0)
     return loss, stats
 
 
@@ -667,7 +723,8 @@ def _loss_stats(
         (neg & high_prob).sum(), (neg & ~high_prob).sum(),
         kl, torch.where(m, r, 0.0).sum(dtype=torch.float64) / denom,
     ]).tolist()  # fmt: skip
-    values = dict(c_low=float(c_low), c_high=float(c_high), n_steps=int(n_steps))
+    values = dict(c_low=float(c_low), c_high=float(c_high), n_steps=int(n_steps),
+                  search_skipped=0.0)  # fmt: skip
     names = [x for x in _STAT_NAMES if x not in values]
     values.update(zip(names, row))
     for k in ("n_tokens", "n_pos_high_prob", "n_pos_low_prob", "n_neg_high_prob", "n_neg_low_prob"):

@@ -154,13 +154,12 @@ def verl_aggregation(
 
 def _loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, weights, clip):
     mask = response_mask.bool()
-    adv = advantages
-    if weights is not None:
-        # verl multiplies each token's loss by its rollout-correction weight (>= 0); scaling A
-        # instead gives the same loss and gradient and keeps every clip region unchanged
-        adv = adv * weights.to(adv.dtype)
     agg, count, scale = verl_aggregation(loss_agg_mode, mask, _get(config, "global_batch_info"))
-    loss, stats = policy_loss(log_prob, old_log_prob, adv, mask, clip, agg, count=count)
+    # verl multiplies each token's loss by its rollout-correction weight (>= 0).  The authors'
+    # recipe searches the bounds on the plain advantages and weights the loss afterwards;
+    # policy_loss's token_weights do exactly that.
+    loss, stats = policy_loss(log_prob, old_log_prob, advantages, mask, clip, agg, count=count,
+                              token_weights=weights)  # fmt: skip
     return loss * scale, _metrics(stats, log_prob, old_log_prob, mask)
 
 

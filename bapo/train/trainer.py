@@ -526,6 +526,7 @@ class Trainer:
         })  # fmt: skip
         if bounds is not None:
             rec["bapo/search_steps"] = bounds.n_steps
+            rec["bapo/search_skipped"] = float(bounds.skipped)
         if self._updates_log is not None:
             self._updates_log.log({"step": self.step, "version": self.version, **rec})
         if self.update_hook is not None:
