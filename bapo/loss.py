@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
@@ -439,21 +439,29 @@ def search_path(
     cfg: BAPOConfig,
     *,
     sync_distributed: bool = True,
+    group=None,
 ) -> SearchPath:
     """``rho`` at every point of Algorithm 1's path, computed in one vectorised pass.
 
     Each token's ratio is bucketed once on the ``c_low`` and ``c_high`` grids; the sums of Eq. 8
     at every grid point are then cumulative sums of those buckets.  Under ``torch.distributed``
     the buckets are all-reduced once, so every rank sees the global sums and stops at the same
-    point.  The only host sync is reading the stop index.
+    point.  The only host sync is reading the stop index.  ``group`` is the process group to
+    all-reduce over (the data-parallel group; ``None``: the default group), and
+    ``sync_distributed=False`` keeps the search local.
     """
     advantages, mask = _masked_inputs(log_probs, old_log_probs, advantages, mask)
     ratio = importance_ratio(log_probs, old_log_probs)
     abs_w = _abs_weight(advantages, mask, old_log_probs, cfg.rollout_weight, ratio.dtype)
-    return _search(ratio, advantages, abs_w, cfg, sync_distributed)
+    return _search(ratio, advantages, abs_w, cfg, sync_distributed, group)
 
 
-def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool) -> SearchPath:
+def _distributed(sync: bool) -> bool:
+    """True when collectives should run: asked for, and a process group is initialised."""
+    return sync and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool, group=None) -> SearchPath:
     """Algorithm 1's path from the ratios and ``|A| * w`` (Eq. 8's per-token weight)."""
     ratio = ratio.reshape(-1)
     adv = advantages.reshape(-1)
@@ -489,8 +497,9 @@ def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool) -> SearchPath
         parts.append(abs_w.to(torch.float64))  # w*|A|: times the bound, a clipped token's value
     n_bins = n_low + n_high + 4
     hists = torch.stack([torch.bincount(bucket, weights=p, minlength=n_bins) for p in parts])
-    if sync and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(hists)  # one collective: every rank then picks the same bounds
+    if _distributed(sync):
+        # one collective: every rank then picks the same bounds
+        torch.distributed.all_reduce(hists, group=group)
 
     neg_r, pos_r = hists[0, : n_low + 2], hists[0, n_low + 2 :]
     pos_sum = pos_r.cumsum(0)[: n_high + 1]  # unclipped positive tokens at each c_high
@@ -543,6 +552,7 @@ def search_bounds(
     cfg: BAPOConfig,
     *,
     sync_distributed: bool = True,
+    group=None,
 ) -> Bounds:
     """Algorithm 1 (lines 8-17): the clipping bounds BAPO uses for one update step.
 
@@ -552,8 +562,9 @@ def search_bounds(
     number of steps taken.
     """
     path = search_path(
-        log_probs, old_log_probs, advantages, mask, cfg, sync_distributed=sync_distributed
-    )
+        log_probs, old_log_probs, advantages, mask, cfg, sync_distributed=sync_distributed,
+        group=group,
+    )  # fmt: skip
     return path.bounds
 
 
@@ -609,9 +620,6 @@ class LossStats:
         }
 
 
-_STAT_NAMES = [f.name for f in fields(LossStats)]
-
-
 def _aggregate(per_token: torch.Tensor, mask: torch.Tensor, agg: str, count: float | None):
     m = mask.to(per_token.dtype)
     if agg == "token-mean":
@@ -637,6 +645,8 @@ def policy_loss(
     count: float | None = None,
     rollout_weight: bool | None = None,
     token_weights: torch.Tensor | None = None,
+    sync_distributed: bool = True,
+    group=None,
 ) -> tuple[torch.Tensor, LossStats]:
     """The clipped policy-gradient loss (negated Eq. 4; Algorithm 1 line 19 for BAPO).
 
@@ -654,6 +664,13 @@ def policy_loss(
     ``token_weights`` (``>= 0``, broadcastable to ``log_probs``) multiply each token's loss
     *after* the search, which runs on the plain advantages: the authors' order for verl's
     rollout importance-sampling weights.  The reported statistics ignore them too.
+
+    Under ``torch.distributed`` (and ``sync_distributed``) the search and the statistics are
+    global over ``group`` (the data-parallel group; ``None``: the default group): the search
+    all-reduces its histograms, the statistics one vector of sums, so ``rho``, the clip
+    fractions and the token counts are those of the whole batch on every rank.  Every rank of
+    the group must then call this the same number of times.  (The high/low-probability split
+    of Definition 1 compares with the rank's own mean log-prob.)
     """
     clip = FixedClip() if clip is None else clip
     if agg not in AGG_MODES:
@@ -673,7 +690,7 @@ def policy_loss(
         abs_w = _abs_weight(advantages, mask, old_log_probs, weighted, ratio.dtype)
     if isinstance(clip, BAPOConfig):
         with torch.no_grad():
-            b = _search(ratio.detach(), advantages, abs_w, clip, True).bounds
+            b = _search(ratio.detach(), advantages, abs_w, clip, sync_distributed, group).bounds
         c_low, c_high, n_steps, skipped = b.c_low, b.c_high, b.n_steps, b.skipped
         measure = clip.contribution
     else:
@@ -693,8 +710,9 @@ def policy_loss(
         per_token = per_token * token_weights.to(per_token.dtype)
     loss = _aggregate(per_token, mask, agg, count)
     stats = _loss_stats(
-        log_probs, ratio, adv, abs_w, mask, high, low, dual_mask, c_low, c_high, n_steps, measure
-    )
+        log_probs, ratio, adv, abs_w, mask, high, low, dual_mask, c_low, c_high, n_steps, measure,
+        _distributed(sync_distributed), group,
+    )  # fmt: skip
     if skipped:
         stats = dataclasses.replace(stats, search_skipped=1.0)
     return loss, stats
@@ -702,34 +720,63 @@ def policy_loss(
 
 @torch.no_grad()
 def _loss_stats(
-    log_probs, ratio, adv, abs_w, mask, high, low, dual_mask, c_low, c_high, n_steps, measure
+    log_probs,
+    ratio,
+    adv,
+    abs_w,
+    mask,
+    high,
+    low,
+    dual_mask,
+    c_low,
+    c_high,
+    n_steps,
+    measure,
+    sync=False,
+    group=None,
 ) -> LossStats:
+    """The statistics of one loss call from one vector of sums (all-reduced when ``sync``)."""
     m = mask
     n = m.sum()
-    denom = n.clamp_min(1).to(torch.float64)
     r = ratio.detach()
     pg, ng, pv, nv = _eq8_sums(r, adv, abs_w, high, low, dual_mask, c_low, c_high)
-    rho_g, rho_v = share(pg, ng), share(pv, nv)
     lp = log_probs.detach().to(r.dtype)
-    mean_lp = torch.where(m, lp, 0.0).sum(dtype=torch.float64) / denom
+    mean_lp = torch.where(m, lp, 0.0).sum(dtype=torch.float64) / n.clamp_min(1)
     high_prob = lp > mean_lp  # Definition 1 (App. B.4.2): pi above exp(E[log pi])
     pos, neg = (adv > 0) & m, (adv < 0) & m
     log_r = torch.log(r)  # the clamped log-ratio
-    kl = torch.where(m, r - 1 - log_r, 0.0).sum(dtype=torch.float64) / denom
-    row = torch.stack([
-        rho_g if measure == "gradient" else rho_v, rho_g, rho_v,
-        (high & m).sum() / denom, (low & m).sum() / denom, (dual_mask & m).sum() / denom, n,
+    sums = torch.stack([
+        pg, ng, pv, nv,
+        (high & m).sum(), (low & m).sum(), (dual_mask & m).sum(), n,
         (pos & high_prob).sum(), (pos & ~high_prob).sum(),
         (neg & high_prob).sum(), (neg & ~high_prob).sum(),
-        kl, torch.where(m, r, 0.0).sum(dtype=torch.float64) / denom,
-    ]).tolist()  # fmt: skip
-    values = dict(c_low=float(c_low), c_high=float(c_high), n_steps=int(n_steps),
-                  search_skipped=0.0)  # fmt: skip
-    names = [x for x in _STAT_NAMES if x not in values]
-    values.update(zip(names, row))
-    for k in ("n_tokens", "n_pos_high_prob", "n_pos_low_prob", "n_neg_high_prob", "n_neg_low_prob"):
-        values[k] = int(values[k])
-    return LossStats(**values)
+        torch.where(m, r - 1 - log_r, 0.0).sum(dtype=torch.float64),
+        torch.where(m, r, 0.0).sum(dtype=torch.float64),
+    ]).to(torch.float64)  # fmt: skip
+    if sync:
+        torch.distributed.all_reduce(sums, group=group)  # global counts and sums
+    (pg, ng, pv, nv, n_high, n_low, n_dual, n, php, plp, nhp, nlp, kl, r_sum) = sums.tolist()
+    rho_g, rho_v = share(pg, ng), share(pv, nv)
+    denom = max(n, 1.0)
+    return LossStats(
+        c_low=float(c_low),
+        c_high=float(c_high),
+        rho=rho_g if measure == "gradient" else rho_v,
+        rho_gradient=rho_g,
+        rho_value=rho_v,
+        n_steps=int(n_steps),
+        search_skipped=0.0,
+        clip_high_frac=n_high / denom,
+        clip_low_frac=n_low / denom,
+        clip_dual_frac=n_dual / denom,
+        n_tokens=int(n),
+        n_pos_high_prob=int(php),
+        n_pos_low_prob=int(plp),
+        n_neg_high_prob=int(nhp),
+        n_neg_low_prob=int(nlp),
+        approx_kl=kl / denom,
+        ratio_mean=r_sum / denom,
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -196,3 +196,21 @@ def test_bapo_searches_on_plain_advantages_and_weights_the_loss_after():
     ref = _verl_vanilla(old, lp, adv, mask, "token-mean", eps_low, eps_high, 1e9, w)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     torch.testing.assert_close(torch.autograd.grad(loss, lp)[0], torch.autograd.grad(ref, lp)[0])
+
+
+def test_pipeline_parallel_is_refused_unless_a_group_is_set(monkeypatch):
+    old, lp, adv, mask, _ = _batch(2)
+    cfg = types.SimpleNamespace(megatron={"pipeline_model_parallel_size": 2}, global_batch_info={})
+    with pytest.raises(ValueError, match="pipeline_model_parallel_size=2 is not supported"):
+        bv.compute_policy_loss_bapo(old, lp, adv, mask, "token-mean", cfg)
+    with pytest.raises(ValueError, match="pipeline_model_parallel_size=2"):
+        bv.compute_policy_loss_bapo_fixed(old, lp, adv, mask, "token-mean", cfg)
+    monkeypatch.setattr(bv, "_PROCESS_GROUP", None)
+    bv.set_process_group(object())  # a caller that has the last stage's group
+    try:
+        assert bv._process_group(cfg) is bv._PROCESS_GROUP
+    finally:
+        bv.set_process_group(None)
+    one = types.SimpleNamespace(megatron={"pipeline_model_parallel_size": 1}, global_batch_info={})
+    loss, _ = bv.compute_policy_loss_bapo(old, lp, adv, mask, "token-mean", one)
+    assert torch.isfinite(loss)
