@@ -170,7 +170,11 @@ def test_registers_with_verls_registry_when_verl_is_importable(monkeypatch):
 
 
 def test_register_without_verl_does_nothing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "verl", None)
+    # block verl and every submodule already imported (with verl installed, the entry point
+    # has imported verl.trainer.ppo.core_algos, which `sys.modules["verl"] = None` alone
+    # would not hide)
+    for name in [m for m in sys.modules if m == "verl" or m.startswith("verl.")] + ["verl"]:
+        monkeypatch.setitem(sys.modules, name, None)
     assert bv.register() is False
 
 
