@@ -226,3 +226,32 @@ def test_stale_batch_ratios_move_only_after_updates(tmp_path, embedded_model):
     assert (stale.ratio - 1).abs().max() > 1e-2  # the policy moved on: r != 1
     with pytest.raises(ValueError, match="updates=-1"):
         stale_batch(tiny(tmp_path / "c"), updates=-1)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "bapo"])
+def test_only_bapo_runs_a_no_grad_forward_pass_before_the_update(tmp_path, embedded_model, algo,
+                                                                 monkeypatch):  # fmt: skip
+    calls = []
+    original = Trainer._presearch_logprobs
+
+    def counting(self, parts):
+        calls.append(len(parts))
+        return original(self, parts)
+
+    monkeypatch.setattr(Trainer, "_presearch_logprobs", counting)
+    seen = []
+    cfg = tiny(tmp_path, algo, "train.steps=1", "train.micro_batch_size=4")  # 16 samples: 4 parts
+    Trainer(cfg, update_hook=seen.append).train()
+    logged = read_jsonl(tmp_path / "updates.jsonl")
+    if algo == "bapo":
+        assert calls and all(n > 1 for n in calls)
+    else:
+        assert calls == []  # a fixed clip needs no search input: no extra forward pass
+    for hook, rec in zip(seen, logged, strict=True):
+        lp, old, adv = hook["inputs"]  # the metrics still see every token of the mini-batch
+        assert lp.numel() == rec["tokens/count"] > 0
+        if algo == "grpo":
+            from bapo import FixedClip, policy_loss
+
+            _, st = policy_loss(lp, old, adv, None, FixedClip(0.8, 1.2))
+            assert rec["policy/approx_kl"] == pytest.approx(st.approx_kl, rel=1e-9, abs=1e-12)
