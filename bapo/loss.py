@@ -252,6 +252,13 @@ def _n_steps(a: float, b: float, delta: float) -> int:
     return int(near) if abs(q - near) <= 1e-9 * max(1.0, q) else int(math.ceil(q))
 
 
+@lru_cache(maxsize=64)
+def _grid(a: float, b: float, delta: float) -> tuple[float, ...]:
+    """Every point of a bound grid, ``a`` to ``b`` (cached: the search builds it per call)."""
+    n = _n_steps(a, b, delta)
+    return tuple(_grid_at(a, b, delta, k, n) for k in range(n + 1))
+
+
 def _grid_at(a: float, b: float, delta: float, k: int, n: int) -> float:
     """Grid point ``k`` of ``a, a + delta, ..., b``: exact ``a + k*delta`` below the top, ``b`` at it
     (the authors' ``min(c + delta, b)``)."""
@@ -461,8 +468,13 @@ def _distributed(sync: bool) -> bool:
     return sync and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool, group=None) -> SearchPath:
-    """Algorithm 1's path from the ratios and ``|A| * w`` (Eq. 8's per-token weight)."""
+def _search(
+    ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool, group=None, *, query=None, c64=None
+) -> SearchPath:
+    """Algorithm 1's path from the ratios and ``|A| * w`` (Eq. 8's per-token weight).
+
+    ``query`` (``r * sign(A)``) and ``c64`` (``w * r * |A|`` in float64) may be passed in by a
+    caller that has them (policy_loss shares them with its statistics)."""
     ratio = ratio.reshape(-1)
     adv = advantages.reshape(-1)
     abs_w = abs_w.reshape(-1)
@@ -470,8 +482,8 @@ def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool, group=None) -
     n_low, n_high = cfg.n_low, cfg.n_high
     # exact grid values a + k*delta in float64 (reported, and used by the value measure); the
     # buckets compare in the ratio's dtype, exactly as `ratio >= c_high` does in the loss
-    h64 = torch.tensor([cfg.c_high_at(k) for k in range(n_high + 1)], dtype=torch.float64)
-    l64 = torch.tensor([cfg.c_low_at(k) for k in range(n_low + 1)], dtype=torch.float64)
+    h64 = torch.tensor(_grid(cfg.a_plus, cfg.b_plus, cfg.delta1), dtype=torch.float64)
+    l64 = torch.tensor(_grid(cfg.a_minus, cfg.b_minus, cfg.delta2), dtype=torch.float64)
     h64, l64 = h64.to(ratio.device), l64.to(ratio.device)
     # One bucketize serves both signs.  A positive token's query is r on the c_high grid, a
     # negative token's is -r on the mirrored c_low grid (-c_low < 0 < c_high, so the two halves
@@ -485,14 +497,18 @@ def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool, group=None) -
     lo_grid, hi_grid = l64.to(ratio.dtype), h64.to(ratio.dtype)
     grid = torch.cat([-lo_grid.flip(0), hi_grid])
     is_pos = adv > 0
-    query = ratio * adv.sign().to(ratio.dtype)  # r for A > 0, -r for A < 0 (A = 0 weighs 0)
-    bucket = torch.bucketize(query, grid, right=False, out_int32=True)
+    if query is None:  # r for A > 0, -r for A < 0 (A = 0 weighs 0)
+        query = ratio * adv.sign().to(ratio.dtype)
+    bucket = torch.bucketize(query.reshape(-1), grid, right=False, out_int32=True)
     bucket.add_(is_pos)  # positives land in buckets n_low + 2 and up
+    if c64 is None:
+        c64 = (abs_w * ratio).to(torch.float64)  # w*r*|A|: an unclipped token's gradient
+    c64 = c64.reshape(-1)
     # A = 0 tokens weigh nothing.  Under the gradient measure a dual-clipped negative token is
     # clipped at every c_low, so it weighs nothing either.
     if cfg.dual_clip is not None and cfg.contribution == "gradient":
-        abs_w = abs_w.masked_fill_((adv < 0) & (ratio > cfg.dual_clip), 0.0)
-    parts = [(abs_w * ratio).to(torch.float64)]  # w*r*|A|: an unclipped token's gradient
+        c64 = c64.masked_fill((adv < 0) & (ratio > cfg.dual_clip), 0.0)
+    parts = [c64]
     if cfg.contribution == "value":
         parts.append(abs_w.to(torch.float64))  # w*|A|: times the bound, a clipped token's value
     n_bins = n_low + n_high + 4
@@ -582,9 +598,9 @@ class LossStats:
     rho_value: float  # ... under the loss-value measure
     n_steps: int  # BAPO search steps (0 for a fixed clip)
     search_skipped: float  # 1.0 when no token could be clipped anywhere on BAPO's grid, else 0.0
-    clip_high_frac: float  # A>0 and r >= c_high, over all tokens
-    clip_low_frac: float  # A<0 and r <= c_low
-    clip_dual_frac: float  # A<0 and r >= dual_clip
+    clip_high_frac: float  # A>0 and r > c_high, over all tokens
+    clip_low_frac: float  # A<0 and r < c_low
+    clip_dual_frac: float  # A<0 and r > dual_clip
     n_tokens: int
     n_pos_high_prob: int  # A>0, pi_theta above the batch's exp(mean log pi)
     n_pos_low_prob: int
@@ -679,18 +695,26 @@ def policy_loss(
 
     if not isinstance(clip, (BAPOConfig, FixedClip)):
         raise TypeError(f"clip must be a FixedClip or a BAPOConfig, got {type(clip).__name__}")
-    ratio = importance_ratio(log_probs, old_log_probs)
+    dtype = torch.promote_types(log_probs.dtype, torch.float32)
+    log_ratio = (log_probs.to(dtype) - old_log_probs.to(dtype)).clamp(
+        -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT
+    )
+    ratio = torch.exp(log_ratio)  # importance_ratio, keeping the log for the KL statistic
     # Eq. 8's weight: the caller says, else the BAPO config, else the plain sampled sum
     if rollout_weight is None:
         rollout_weight = clip.rollout_weight if isinstance(clip, BAPOConfig) else False
     if isinstance(clip, BAPOConfig) and rollout_weight != clip.rollout_weight:
         clip = dataclasses.replace(clip, rollout_weight=rollout_weight)
-    weighted = rollout_weight
+    sync = _distributed(sync_distributed)
     with torch.no_grad():
-        abs_w = _abs_weight(advantages, mask, old_log_probs, weighted, ratio.dtype)
+        r = ratio.detach()
+        adv = advantages.to(dtype)
+        abs_w = _abs_weight(adv, mask, old_log_probs, rollout_weight, dtype)
+        query = r * adv.sign()  # r for A > 0, -r for A < 0, 0 for A = 0
+        c64 = (abs_w * r).to(torch.float64)  # w*r*|A|: Eq. 8's gradient measure per token
     if isinstance(clip, BAPOConfig):
         with torch.no_grad():
-            b = _search(ratio.detach(), advantages, abs_w, clip, sync_distributed, group).bounds
+            b = _search(r, adv, abs_w, clip, sync, group, query=query, c64=c64).bounds
         c_low, c_high, n_steps, skipped = b.c_low, b.c_high, b.n_steps, b.skipped
         measure = clip.contribution
     else:
@@ -698,64 +722,113 @@ def policy_loss(
         measure = "gradient"
     dual = clip.dual_clip
 
-    adv = advantages.to(ratio.dtype)
-    high, low, dual_mask = clip_regions(ratio, adv, c_low, c_high, dual)
-    clipped = high | low | dual_mask
-    bound = torch.ones_like(ratio).masked_fill(high, c_high).masked_fill(low, c_low)
-    if dual is not None:
-        bound = bound.masked_fill(dual_mask, dual)
-    r_eff = torch.where(clipped, bound, ratio)
-    per_token = -(r_eff * adv)
-    if token_weights is not None:
-        per_token = per_token * token_weights.to(per_token.dtype)
-    loss = _aggregate(per_token, mask, agg, count)
+    with torch.no_grad():
+        # Eq. 4 per token is A * clamp(r, lo, hi) with (lo, hi) = (0, c_high) for A > 0 and
+        # (c_low, dual_clip or inf) for A < 0: PPO's min(r*A, clip(r, c_low, c_high)*A) and the
+        # dual clip's cap.  torch.clamp passes the gradient at its bounds, so a ratio equal to
+        # a bound keeps it (the convention of clip_regions).
+        is_pos = adv > 0
+        lo = torch.where(is_pos, r.new_tensor(0.0), r.new_tensor(c_low))
+        hi = torch.where(is_pos, r.new_tensor(c_high), r.new_tensor(math.inf if dual is None
+                                                                    else dual))  # fmt: skip
+        coef = _loss_coefficients(adv, mask, agg, count, token_weights)
+    r_eff = torch.clamp(ratio, lo, hi)
+    # the aggregated, negated objective (sum's pairwise summation: a float32 BLAS dot over
+    # millions of tokens drifts by ~1e-5 relative)
+    loss = (r_eff * coef).sum()
     stats = _loss_stats(
-        log_probs, ratio, adv, abs_w, mask, high, low, dual_mask, c_low, c_high, n_steps, measure,
-        _distributed(sync_distributed), group,
+        log_probs.detach(), r, log_ratio.detach(), query, abs_w, c64, mask, c_low, c_high,
+        dual, n_steps, measure, sync, group,
     )  # fmt: skip
     if skipped:
         stats = dataclasses.replace(stats, search_skipped=1.0)
     return loss, stats
 
 
+def _loss_coefficients(adv, mask, agg: str, count, token_weights) -> torch.Tensor:
+    """``-A * mask * (row scale) / denominator`` per token: the loss is ``sum(r_eff * coef)``,
+    which equals ``_aggregate(-(r_eff * A) * token_weights, mask, agg, count)``."""
+    coef = torch.where(mask, adv, 0.0)
+    if token_weights is not None:
+        coef = coef * token_weights.to(coef.dtype)
+    if agg == "token-mean":
+        denom = mask.sum().clamp_min(1) if count is None else max(float(count), 1.0)
+        return coef.div_(-denom if isinstance(denom, float) else denom.neg())
+    if coef.dim() != 2:
+        raise ValueError(f"agg={agg!r} needs (batch, time) tensors, got {coef.dim()}-D")
+    if agg == "seq-mean-token-mean":
+        coef = coef / mask.sum(-1, keepdim=True).clamp_min(1).to(coef.dtype)
+    denom = coef.shape[0] if count is None else count
+    return coef.div_(-max(float(denom), 1.0))
+
+
+# the regions of one token, from bucketize(r * sign(A), grid) with grid
+# [-dual (just below), -c_low, -tiny, 0, c_high] and right=False (= #{grid < query}):
+_DUAL, _NEG_KEPT, _NEG_LOW, _ZERO, _POS_KEPT, _POS_HIGH = range(6)
+_N_REGIONS = 6
+
+
 @torch.no_grad()
 def _loss_stats(
     log_probs,
     ratio,
-    adv,
+    log_ratio,
+    query,
     abs_w,
+    c64,
     mask,
-    high,
-    low,
-    dual_mask,
     c_low,
     c_high,
+    dual,
     n_steps,
     measure,
     sync=False,
     group=None,
 ) -> LossStats:
-    """The statistics of one loss call from one vector of sums (all-reduced when ``sync``)."""
-    m = mask
-    n = m.sum()
-    r = ratio.detach()
-    pg, ng, pv, nv = _eq8_sums(r, adv, abs_w, high, low, dual_mask, c_low, c_high)
-    lp = log_probs.detach().to(r.dtype)
-    mean_lp = torch.where(m, lp, 0.0).sum(dtype=torch.float64) / n.clamp_min(1)
-    high_prob = lp > mean_lp  # Definition 1 (App. B.4.2): pi above exp(E[log pi])
-    pos, neg = (adv > 0) & m, (adv < 0) & m
-    log_r = torch.log(r)  # the clamped log-ratio
+    """The statistics of one loss call, in one pass over the tokens: each token gets a code
+    (its clip region of Eq. 7, whether it is a high-probability token, masked tokens apart) and
+    bincounts sum the counts and Eq. 8's parts per code.  The small result is all-reduced once
+    when ``sync``, so every number is global."""
+    dt = ratio.dtype
+    tiny = torch.finfo(dt).tiny
+    first = -math.inf if dual is None else -float(dual)
+    grid = torch.tensor([first, -c_low, -tiny, 0.0, c_high], dtype=dt, device=ratio.device)
+    if dual is not None:  # r > dual  <=>  -r < -dual  <=>  query <= the float just below -dual
+        grid[0] = torch.nextafter(grid[0], grid.new_tensor(-math.inf))
+    region = torch.bucketize(query, grid, right=False, out_int32=True)
+    n = mask.sum()
+    mean_lp = torch.where(mask, log_probs.to(dt), 0.0).sum(dtype=torch.float64) / n.clamp_min(1)
+    high_prob = log_probs.to(dt) > mean_lp  # Definition 1 (App. B.4.2): pi above exp(E[log pi])
+    code = region.add_(high_prob, alpha=_N_REGIONS)  # 0..11; masked tokens go to 12
+    code = torch.where(mask, code, 2 * _N_REGIONS).reshape(-1)
+    size = 2 * _N_REGIONS + 1
+    counts = torch.bincount(code, minlength=size).to(torch.float64)
+    c_sum = torch.bincount(code, weights=c64.reshape(-1), minlength=size)
+    w_sum = torch.bincount(code, weights=abs_w.reshape(-1).to(torch.float64), minlength=size)
+    # KL's k3 estimate and the mean ratio: masked sums with a float64 accumulator
+    r_total = torch.where(mask, ratio, 0.0).sum(dtype=torch.float64)
+    r_minus_lr = torch.where(mask, ratio - log_ratio, 0.0).sum(dtype=torch.float64)
+
+    def by_region(x):  # (6,) per region, both probability halves, masked tokens dropped
+        return x[: 2 * _N_REGIONS].view(2, _N_REGIONS).sum(0)
+
+    cnt, c, w = by_region(counts), by_region(c_sum), by_region(w_sum)
+    hp = counts[_N_REGIONS : 2 * _N_REGIONS]
+    lp_ = counts[:_N_REGIONS]
+    pg, ng = c[_POS_KEPT], c[_NEG_KEPT]
+    pv = pg + c_high * w[_POS_HIGH]  # a clipped positive token counts A*c_high
+    nv = ng + c[_DUAL] + c_low * w[_NEG_LOW]  # a clipped negative one |A|*c_low
+    pos = [_POS_KEPT, _POS_HIGH]
+    neg = [_DUAL, _NEG_KEPT, _NEG_LOW]
     sums = torch.stack([
-        pg, ng, pv, nv,
-        (high & m).sum(), (low & m).sum(), (dual_mask & m).sum(), n,
-        (pos & high_prob).sum(), (pos & ~high_prob).sum(),
-        (neg & high_prob).sum(), (neg & ~high_prob).sum(),
-        torch.where(m, r - 1 - log_r, 0.0).sum(dtype=torch.float64),
-        torch.where(m, r, 0.0).sum(dtype=torch.float64),
+        pg, ng, pv, nv, cnt[_POS_HIGH], cnt[_NEG_LOW], cnt[_DUAL], cnt.sum(),
+        hp[pos].sum(), lp_[pos].sum(), hp[neg].sum(), lp_[neg].sum(), r_minus_lr, r_total,
     ]).to(torch.float64)  # fmt: skip
     if sync:
         torch.distributed.all_reduce(sums, group=group)  # global counts and sums
-    (pg, ng, pv, nv, n_high, n_low, n_dual, n, php, plp, nhp, nlp, kl, r_sum) = sums.tolist()
+    (pg, ng, pv, nv, n_high, n_low, n_dual, n, php, plp, nhp, nlp, r_minus_lr, r_total) = (
+        sums.tolist()
+    )
     rho_g, rho_v = share(pg, ng), share(pv, nv)
     denom = max(n, 1.0)
     return LossStats(
@@ -774,8 +847,8 @@ def _loss_stats(
         n_pos_low_prob=int(plp),
         n_neg_high_prob=int(nhp),
         n_neg_low_prob=int(nlp),
-        approx_kl=kl / denom,
-        ratio_mean=r_sum / denom,
+        approx_kl=(r_minus_lr - n) / denom,  # mean of (r - 1) - log r
+        ratio_mean=r_total / denom,
     )
 
 

@@ -590,3 +590,68 @@ def test_token_weights_scale_the_loss_after_a_search_on_plain_advantages():
     ref = (-torch.min(r * a, torch.clamp(r, plain.c_low, plain.c_high) * a) * w).mean()
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     torch.testing.assert_close(torch.autograd.grad(loss, lp)[0], torch.autograd.grad(ref, lp)[0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dual", [None, 1.5])
+def test_every_loss_statistic_against_a_token_by_token_reference(seed, dual):
+    g = torch.Generator().manual_seed(seed)
+    B, T = 7, 11
+    old = torch.log(torch.rand(B, T, generator=g) * 0.9 + 0.05)
+    lp = old + 0.7 * torch.randn(B, T, generator=g)
+    adv = torch.randn(B, generator=g)
+    adv[0] = 0.0  # a group with no signal
+    mask = torch.rand(B, T, generator=g) < 0.75
+    clip = FixedClip(0.8, 1.25, dual_clip=dual)
+    _, st = policy_loss(lp, old, adv, mask, clip)
+
+    r = torch.exp((lp - old).clamp(-20, 20))
+    n = hi_n = lo_n = du_n = 0
+    pos_g = neg_g = pos_v = neg_v = kl = rsum = 0.0
+    groups = {"ph": 0, "pl": 0, "nh": 0, "nl": 0}
+    m_lp = float(lp[mask].double().mean())
+    for i in range(B):
+        a = float(adv[i])
+        for t in range(T):
+            if not mask[i, t]:
+                continue
+            ri, li = float(r[i, t]), float(lp[i, t])
+            n += 1
+            kl += ri - 1 - math.log(ri)
+            rsum += ri
+            high_prob = li > m_lp
+            if a > 0:
+                groups["ph" if high_prob else "pl"] += 1
+                if r[i, t] > np.float32(1.25):
+                    hi_n += 1
+                    pos_v += a * 1.25
+                else:
+                    pos_g += a * ri
+                    pos_v += a * ri
+            elif a < 0:
+                groups["nh" if high_prob else "nl"] += 1
+                if dual is not None and r[i, t] > np.float32(dual):
+                    du_n += 1
+                    neg_v += -a * ri
+                elif r[i, t] < np.float32(0.8):
+                    lo_n += 1
+                    neg_v += -a * 0.8
+                else:
+                    neg_g += -a * ri
+                    neg_v += -a * ri
+    assert st.n_tokens == n
+    assert st.clip_high_frac == pytest.approx(hi_n / n, abs=1e-12)
+    assert st.clip_low_frac == pytest.approx(lo_n / n, abs=1e-12)
+    assert st.clip_dual_frac == pytest.approx(du_n / n, abs=1e-12)
+    assert st.rho_gradient == pytest.approx(pos_g / (pos_g + neg_g), rel=1e-6)
+    assert st.rho_value == pytest.approx(pos_v / (pos_v + neg_v), rel=1e-6)
+    assert st.approx_kl == pytest.approx(kl / n, rel=1e-5)
+    assert st.ratio_mean == pytest.approx(rsum / n, rel=1e-6)
+    assert (st.n_pos_high_prob, st.n_pos_low_prob, st.n_neg_high_prob, st.n_neg_low_prob) == (
+        groups["ph"],
+        groups["pl"],
+        groups["nh"],
+        groups["nl"],
+    )
+    if dual is not None:
+        assert du_n > 0  # the case is exercised
