@@ -476,6 +476,9 @@ class Trainer:
         if len(parts) == 1:
             grad_lps = [self._logprobs(parts[0][0])]
             current = [grad_lps[0].detach()]
+        elif isinstance(self.clip_rule, BAPOConfig) and t.keep_graphs:
+            grad_lps = [self._logprobs(p[0]) for p in parts]  # every graph kept until backward
+            current = [lp.detach() for lp in grad_lps]
         elif isinstance(self.clip_rule, BAPOConfig):
             current = self._presearch_logprobs(parts)
         if isinstance(self.clip_rule, BAPOConfig):
