@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 # staleness 1 and 4 at matched updates; writes runs/demo/report.html and prints the summary.
 demo: venv
 	$(PY) -m bapo.cli compare --preset cpu-guess --algos grpo,clip-higher,bapo --seeds 3 \
-		--staleness 1,4 --out runs/demo
+		--staleness 1,4 --out runs/demo run.overwrite=true
 
 # JupyterLab on notebooks/ (the workshop set-up): http://127.0.0.1:8888 by default.
 lab: venv

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 
 from bapo.train.config import ALGOS, PRESETS, SCENARIOS, load_config
 
@@ -61,7 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         "epochs (S passes, the paper's ppo_epoch) or mini-batches (S fresh mini-batches)",
     )  # fmt: skip
     args = ap.parse_args(argv)
+    shown, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        return _run(args)
+    finally:
+        warnings.formatwarning = shown
 
+
+def _run(args: argparse.Namespace) -> int:
+    """The command; errors as one line and exit code 2, interrupts as 130 / 143."""
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"run.out_dir={args.out}")
@@ -81,12 +90,31 @@ def main(argv: list[str] | None = None) -> int:
             algos = [a.strip() for a in args.algos.split(",") if a.strip()]
             levels = _staleness_levels(args.staleness)
             run_compare(cfg, algos, args.seeds, cfg.run.out_dir, staleness=levels, via=args.via)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"bapo: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"bapo: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # 130 for SIGINT, 143 for SIGTERM (bapo.train.trainer)
+        from bapo.train.trainer import HardInterrupt
+
+        if isinstance(e, HardInterrupt):
+            print(f"bapo: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
+    except RuntimeError as e:
+        from bapo.train.trainer import NonFiniteLossError
+
+        if not isinstance(e, NonFiniteLossError):
+            raise
+        print(f"bapo: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"bapo: warning: {_one_line(message)}\n"
+
+
+def _one_line(e: BaseException | Warning | str) -> str:
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

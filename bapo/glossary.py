@@ -62,8 +62,8 @@ def _table(rows: list[tuple[str, str, str, str]]) -> dict[str, Entry]:
 METRICS: dict[str, Entry] = _table([
     # --- counters ---------------------------------------------------------------------------
     ("step",
-     "Training steps finished, counting this one (1, 2, ...); in updates.jsonl the steps finished"
-     " before this update, so its step record has step + 1",
+     "Training steps finished, counting this one (1, 2, ...); an updates.jsonl row carries the"
+     " number of the step that made it, the same as that step's metrics.jsonl record",
      "count", BOTH),
     ("version",
      "Policy version after this update: optimizer steps taken so far (a skipped non-finite"

@@ -481,7 +481,7 @@ def _search(
 
     n_low, n_high = cfg.n_low, cfg.n_high
     # exact grid values a + k*delta in float64 (reported, and used by the value measure); the
-    # buckets compare in the ratio's dtype, exactly as `ratio >= c_high` does in the loss
+    # buckets compare in the ratio's dtype, exactly as `ratio > c_high` does in the loss
     h64 = torch.tensor(_grid(cfg.a_plus, cfg.b_plus, cfg.delta1), dtype=torch.float64)
     l64 = torch.tensor(_grid(cfg.a_minus, cfg.b_minus, cfg.delta2), dtype=torch.float64)
     h64, l64 = h64.to(ratio.device), l64.to(ratio.device)

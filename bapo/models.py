@@ -615,6 +615,11 @@ def load_model(
         else:
             path = name  # a hub name
     if isinstance(path, Path) and (path / META_FILE).is_file():
+        if not (path / "tokenizer.json").is_file():
+            raise FileNotFoundError(
+                f"{path} has no tokenizer.json: the embedded model's tokenizer is that file"
+                " (copy it back from the model folder or an earlier checkpoint)"
+            )
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)  # keep the exact char vocab
     else:
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -145,8 +145,8 @@ def premise(metrics: Sequence[dict], updates: Sequence[dict], rho0: float = 0.4)
     half, fifth = n // 2, max(1, n // 5)
     first_half, start, end = metrics[:half], metrics[:fifth], metrics[-fifth:]
     last_step_first_half = int(metrics[half - 1]["step"])
-    # updates.jsonl rows carry the step counter of the step that made them (before it counts up)
-    upd_half = [u for u in updates if int(u["step"]) < last_step_first_half]
+    # updates.jsonl rows carry the number of the step that made them, as metrics.jsonl does
+    upd_half = [u for u in updates if int(u["step"]) <= last_step_first_half]
     rhos = [u["bapo/rho"] for u in upd_half if math.isfinite(u.get("bapo/rho", math.nan))]
     return Premise(
         acc_start=_mean(_col(start, "reward/accuracy")),

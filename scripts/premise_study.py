@@ -36,6 +36,7 @@ def one_run(args: tuple) -> dict:
     cfg = staleness_config(base, staleness, via)
     cfg.train.seed = base.train.seed + seed
     cfg.run.out_dir = str(Path(out) / f"{algo}-s{staleness}-seed{seed}")
+    cfg.run.overwrite = True  # a run not yet in results.jsonl starts over (an interrupted one too)
     quads: list = []
 
     def hook(u):

@@ -36,13 +36,13 @@ def test_premise_hand_computed():
         {"step": 4, "reward/accuracy": 0.6, "completion/length_correct": 3.0,
          "completion/length_wrong": 6.0, "entropy/mean": 0.5},
     ]  # fmt: skip
-    # update rows carry the step counter before it counts up: steps 1-2 made rows 0-1
+    # update rows carry the number of the step that made them, as metrics rows do
     updates = [
-        {"step": 0, "bapo/rho": 0.3, "clip/frac": 0.0},
-        {"step": 0, "bapo/rho": 0.5, "clip/frac": 0.1},
-        {"step": 1, "bapo/rho": 0.2, "clip/frac": 0.2},
-        {"step": 2, "bapo/rho": 0.1, "clip/frac": 0.3},  # second half: not in the rho numbers
-        {"step": 3, "bapo/rho": float("nan"), "clip/frac": 0.4},
+        {"step": 1, "bapo/rho": 0.3, "clip/frac": 0.0},
+        {"step": 1, "bapo/rho": 0.5, "clip/frac": 0.1},
+        {"step": 2, "bapo/rho": 0.2, "clip/frac": 0.2},
+        {"step": 3, "bapo/rho": 0.1, "clip/frac": 0.3},  # second half: not in the rho numbers
+        {"step": 4, "bapo/rho": float("nan"), "clip/frac": 0.4},
     ]
     p = premise(metrics, updates, rho0=0.4)
     assert p.acc_start == 0.2 and p.acc_end == 0.6 and p.acc_gain == pytest.approx(0.4)

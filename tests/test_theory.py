@@ -375,18 +375,6 @@ def test_simulate_on_policy_rules_coincide():
         torch.testing.assert_close(r.entropy, runs[0].entropy, rtol=0, atol=1e-12)
 
 
-def test_simulate_speed():
-    import time
-
-    b = Bandit.plateau()
-    best = math.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        simulate(b, BAPOConfig(), staleness=4, n_steps=100)
-        best = min(best, time.perf_counter() - t0)
-    assert best < 1.0
-
-
 def test_stale_grpo_keeps_more_entropy_than_bapo_in_the_tabular_bandit():
     """The measured truth for a tabular bandit, and the opposite of the paper's LLM result.
 

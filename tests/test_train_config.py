@@ -97,3 +97,31 @@ def test_staleness_config_errors_name_the_field():
         staleness_config(base, 2, "sideways")
     with pytest.raises(ValueError, match="staleness 1"):
         staleness_config(staleness_config(base, 2), 2)
+
+
+def test_a_presets_task_options_do_not_leak_into_another_task():
+    cfg = load_config("cpu-tiny", overrides=["task.name=guess-check"])
+    assert cfg.task.options == {} and cfg.task.path is None
+    kept = load_config("cpu-tiny", overrides=["task.options={digits: 2}", "task.name=arithmetic"])
+    assert kept.task.options == {"digits": 2}  # the same task: the options stay
+    given = load_config(
+        "cpu-tiny", overrides=["task.name=guess-check", "task.options.max_operand=5"]
+    )
+    assert given.task.options == {"max_operand": 5}  # options given with the new task are kept
+
+
+@pytest.mark.parametrize("raw", [".inf", "-.inf", ".nan", "inf", "nan", "1e999"])
+@pytest.mark.parametrize("field", ["train.lr", "train.steps", "algo.rho0", "rollout.top_p"])
+def test_numbers_must_be_finite(field, raw):
+    with pytest.raises(ValueError, match=f"^{field}=.*(finite numbers only|must be an integer)"):
+        load_config(overrides=[f"{field}={raw}"])
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: 3\n  lr: [1e-3\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: malformed YAML at line \d+") as e:
+        load_config(config_file=str(bad))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="is not a file"):
+        load_config(config_file=str(tmp_path))

@@ -1,15 +1,23 @@
 """End-to-end CPU runs of the trainer on the embedded default."""
 
+import json
 import math
+import os
+import signal
 
 import pytest
 import torch
 
 from bapo import BAPOConfig, search_bounds
-from bapo.train.checkpoint import latest_checkpoint
+from bapo.train.checkpoint import (
+    CheckpointError,
+    checkpoint_dirs,
+    latest_checkpoint,
+    verify_checkpoint,
+)
 from bapo.train.config import load_config
 from bapo.train.metrics import read_jsonl
-from bapo.train.trainer import NonFiniteLossError, Trainer
+from bapo.train.trainer import HardInterrupt, NonFiniteLossError, Trainer, TrainingInterrupted
 
 VOLATILE = ("time/", "speed/")
 
@@ -67,7 +75,7 @@ def test_staleness_accounting(tmp_path, embedded_model):
     records = Trainer(cfg).train()
     updates = read_jsonl(tmp_path / "updates.jsonl")
     for step in (1, 2, 3):
-        mine = [u for u in updates if u["step"] == step - 1]
+        mine = [u for u in updates if u["step"] == step]  # the same numbers as metrics.jsonl
         # E x M = 4 updates per batch; the data is 0, 1, 2, 3 policy versions old
         assert [u["offpolicy/staleness"] for u in mine] == [0, 1, 2, 3]
         assert [u["offpolicy/age_max"] for u in mine] == [0, 1, 2, 3]
@@ -279,3 +287,288 @@ def test_bapo_keep_graphs_skips_the_extra_pass_and_changes_nothing_else(tmp_path
 def test_keep_graphs_must_be_a_bool(tmp_path):
     with pytest.raises(ValueError, match="train.keep_graphs='yes please' must be true or false"):
         tiny(tmp_path, "bapo", "train.keep_graphs=yes please")
+
+
+# ---------------------------------------------------------------------------------------------
+# A run is never lost or silently wrong (issue 13): interrupts at step boundaries, rollback of
+# a failed step, run-folder ownership, checkpoints that verify themselves, bookkeeping.
+# ---------------------------------------------------------------------------------------------
+def _weights(trainer_or_path):
+    from safetensors.torch import load_file
+
+    if isinstance(trainer_or_path, Trainer):
+        return {k: v.detach().clone() for k, v in trainer_or_path.model.state_dict().items()}
+    return load_file(str(trainer_or_path / "model.safetensors"))
+
+
+def _same_weights(a, b):
+    common = set(a) & set(b)
+    assert common
+    return all(torch.equal(a[k], b[k]) for k in common)
+
+
+def _rows(path):
+    return stable(read_jsonl(path))
+
+
+def _check_bookkeeping(run, steps):
+    metrics, updates = read_jsonl(run / "metrics.jsonl"), read_jsonl(run / "updates.jsonl")
+    assert [r["step"] for r in metrics] == list(range(1, steps + 1))
+    assert sorted({u["step"] for u in updates}) == list(range(1, steps + 1))
+    versions = [u["version"] for u in updates]
+    assert versions == sorted(set(versions))  # no update row twice
+
+
+@pytest.fixture
+def reference(tmp_path, embedded_model):
+    """An uninterrupted 4-step run at staleness 2 (two optimizer steps a step)."""
+    cfg = tiny(tmp_path / "ref", "bapo", "train.steps=4", "train.epochs=2")
+    trainer = Trainer(cfg)
+    trainer.train()
+    return tmp_path / "ref", _weights(trainer)
+
+
+def _hook_at(step, action, trainer_box, update_index=0):
+    """An update hook that runs ``action`` during step ``step`` (1-based), after that step's
+    ``update_index``-th optimizer step: mid-step, with the weights already moved."""
+    seen = {}
+
+    def hook(u):
+        t = trainer_box["t"]
+        if t.step + 1 == step:
+            seen[step] = seen.get(step, -1) + 1
+            if seen[step] == update_index:
+                action()
+
+    return hook
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_step_finishes_the_step_saves_and_resumes_identically(
+    tmp_path, reference, signum
+):
+    ref, ref_weights = reference
+    run = tmp_path / "run"
+    cfg = tiny(run, "bapo", "train.steps=4", "train.epochs=2")
+    box = {}
+    box["t"] = Trainer(cfg, update_hook=_hook_at(2, lambda: os.kill(os.getpid(), signum), box))
+    with pytest.raises(TrainingInterrupted) as e:
+        box["t"].train()
+    assert e.value.exit_code == 128 + signum and e.value.step == 2
+    assert latest_checkpoint(run).name == "checkpoint-2"  # step 2 finished, then the save
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    resumed = Trainer(cfg, resume=True)
+    resumed.train()
+    assert _rows(run / "metrics.jsonl") == _rows(ref / "metrics.jsonl")
+    assert _rows(run / "updates.jsonl") == _rows(ref / "updates.jsonl")
+    assert _same_weights(_weights(resumed), ref_weights)
+    _check_bookkeeping(run, 4)
+
+
+def test_ctrl_c_during_evaluation_keeps_the_steps_metrics_row(tmp_path, embedded_model):
+    cfg = tiny(tmp_path, "grpo", "train.steps=4", "run.eval_every=2", "run.eval_size=8")
+    trainer = Trainer(cfg)
+    real = trainer.evaluate
+
+    def evaluate_then_interrupt(n=None):
+        os.kill(os.getpid(), signal.SIGINT)  # lands while the evaluation runs
+        return real(n)
+
+    trainer.evaluate = evaluate_then_interrupt
+    with pytest.raises(TrainingInterrupted):
+        trainer.train()
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and rows[-1]["eval/accuracy"] is not None
+    assert latest_checkpoint(tmp_path).name == "checkpoint-2"
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, embedded_model):
+    cfg = tiny(tmp_path, "grpo", "train.steps=4", "train.epochs=2")
+    box = {}
+
+    def twice():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    box["t"] = Trainer(cfg, update_hook=_hook_at(2, twice, box))
+    with pytest.raises(HardInterrupt):
+        box["t"].train()
+    assert latest_checkpoint(tmp_path) is None  # nothing written for the half step
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_an_error_mid_step_saves_the_previous_step_never_half_a_step(tmp_path, reference):
+    ref, ref_weights = reference
+    run = tmp_path / "run"
+    cfg = tiny(run, "bapo", "train.steps=4", "train.epochs=2")
+    box = {}
+
+    def crash():
+        raise RuntimeError("verifier exploded")
+
+    box["t"] = Trainer(cfg, update_hook=_hook_at(3, crash, box, update_index=1))
+    with pytest.raises(RuntimeError, match="verifier exploded"):
+        box["t"].train()
+    t = box["t"]
+    assert t.step == 2 and t.version == 4  # rolled back to the start of step 3
+    assert latest_checkpoint(run).name == "checkpoint-2"
+    assert [r["step"] for r in read_jsonl(run / "updates.jsonl")] == [1, 1, 2, 2]
+    resumed = Trainer(cfg, resume=True)
+    resumed.train()
+    assert _rows(run / "metrics.jsonl") == _rows(ref / "metrics.jsonl")
+    assert _same_weights(_weights(resumed), ref_weights)
+    _check_bookkeeping(run, 4)
+
+
+def test_the_same_trainer_continues_after_a_failed_step(tmp_path, reference):
+    """The rollback restores the live trainer too: calling train() again finishes the run."""
+    ref, ref_weights = reference
+    cfg = tiny(tmp_path / "run", "bapo", "train.steps=4", "train.epochs=2")
+    box, fired = {}, []
+
+    def crash_once():
+        if not fired:
+            fired.append(1)
+            raise RuntimeError("once")
+
+    box["t"] = Trainer(cfg, update_hook=_hook_at(2, crash_once, box, update_index=1))
+    with pytest.raises(RuntimeError):
+        box["t"].train()
+    box["t"].train()
+    assert _rows(tmp_path / "run" / "metrics.jsonl") == _rows(ref / "metrics.jsonl")
+    assert _same_weights(_weights(box["t"]), ref_weights)
+
+
+def test_a_fresh_run_refuses_another_runs_folder_unless_overwrite(tmp_path, embedded_model):
+    Trainer(tiny(tmp_path, "grpo", "train.steps=3")).train()
+    with pytest.raises(ValueError, match="holds another run .checkpoint-3.*--resume"):
+        Trainer(tiny(tmp_path, "grpo", "train.steps=2"))
+    Trainer(tiny(tmp_path, "grpo", "train.steps=2", "run.overwrite=true")).train()
+    assert [d.name for d in checkpoint_dirs(tmp_path)] == ["checkpoint-2"]
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+def test_checkpoints_carry_a_manifest_and_plain_state(tmp_path, embedded_model):
+    Trainer(tiny(tmp_path, "grpo", "train.steps=2", "run.save_every=1")).train()
+    ckpt = latest_checkpoint(tmp_path)
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    assert {"model.safetensors", "tokenizer.json", "trainer_state.pt", "config.yaml"} <= set(
+        manifest["files"]
+    )
+    assert manifest["files"]["model.safetensors"]["size"] == (
+        (ckpt / "model.safetensors").stat().st_size
+    )
+    assert verify_checkpoint(ckpt) is None
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)  # no pickled objects
+    assert state["step"] == 2 and state["nonfinite_in_a_row"] == 0
+
+
+@pytest.mark.parametrize(
+    "damage, what",
+    [
+        ("flip", "model.safetensors does not match its checksum"),
+        ("truncate", "trainer_state.pt has"),
+        ("delete", "config.json is missing"),
+        ("manifest", "no manifest.json"),
+    ],
+)
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, embedded_model, damage, what):
+    cfg = tiny(tmp_path, "grpo", "train.steps=3", "run.save_every=1", "run.keep_checkpoints=3")
+    Trainer(cfg).train()
+    last = tmp_path / "checkpoint-3"
+    if damage == "flip":
+        f = last / "model.safetensors"
+        data = bytearray(f.read_bytes())
+        data[-10] ^= 0xFF
+        f.write_bytes(bytes(data))
+    elif damage == "truncate":
+        f = last / "trainer_state.pt"
+        f.write_bytes(f.read_bytes()[:100])
+    elif damage == "delete":
+        (last / "config.json").unlink()
+    else:
+        (last / "manifest.json").unlink()
+    with pytest.warns(UserWarning, match=f"checkpoint-3 is damaged .{what}"):
+        trainer = Trainer(cfg, resume=True)
+    assert trainer.step == 2
+    assert (tmp_path / "checkpoint-3.damaged").is_dir()  # kept to look at, never resumed
+    trainer.train()
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    assert verify_checkpoint(tmp_path / "checkpoint-3") is None
+
+
+def test_resume_refuses_when_no_checkpoint_is_intact(tmp_path, embedded_model):
+    cfg = tiny(tmp_path, "grpo", "train.steps=2", "run.save_every=1")
+    Trainer(cfg).train()
+    for d in checkpoint_dirs(tmp_path):
+        (d / "trainer_state.pt").write_bytes(b"torn")
+    with pytest.raises(CheckpointError, match="no intact checkpoint.*checkpoint-2: trainer_state"):
+        Trainer(cfg, resume=True)
+
+
+def test_a_failed_resave_keeps_the_old_checkpoint(tmp_path, embedded_model, monkeypatch):
+    """keep_checkpoints=1: re-saving a step never deletes the old folder before the new one is
+    in place."""
+    cfg = tiny(tmp_path, "grpo", "train.steps=1", "run.keep_checkpoints=1")
+    trainer = Trainer(cfg)
+    trainer.train()
+    before = _weights(tmp_path / "checkpoint-1")
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trainer.model, "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save()
+    assert verify_checkpoint(tmp_path / "checkpoint-1") is None
+    assert _same_weights(_weights(tmp_path / "checkpoint-1"), before)
+    monkeypatch.undo()
+    trainer.save()  # a re-save that completes replaces it and leaves nothing aside
+    assert sorted(p.name for p in tmp_path.iterdir() if "checkpoint" in p.name) == ["checkpoint-1"]
+
+
+def test_a_save_killed_between_its_renames_is_recovered(tmp_path, embedded_model):
+    Trainer(tiny(tmp_path, "grpo", "train.steps=1")).train()
+    (tmp_path / "checkpoint-1").rename(tmp_path / ".old-checkpoint-1")  # the kill's leftovers
+    assert latest_checkpoint(tmp_path).name == "checkpoint-1"
+    assert verify_checkpoint(tmp_path / "checkpoint-1") is None
+
+
+def test_the_metrics_rewrite_at_resume_is_atomic(tmp_path, monkeypatch):
+    from bapo.train.metrics import MetricsLogger
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 25)))
+
+    def killed(*a):
+        raise KeyboardInterrupt  # a kill while the kept rows are being written
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        MetricsLogger(path, keep_until_step=11)
+    assert [r["step"] for r in read_jsonl(path)] == list(range(1, 25))  # nothing lost
+    monkeypatch.undo()
+    MetricsLogger(path, keep_until_step=11).close()
+    assert [r["step"] for r in read_jsonl(path)] == list(range(1, 12))
+
+
+def test_the_nonfinite_counter_is_part_of_the_state(tmp_path, embedded_model):
+    trainer = Trainer(tiny(tmp_path, "grpo", "train.steps=1"))
+    trainer.train()
+    trainer.nonfinite_in_a_row = 2
+    trainer.save()
+    assert Trainer(tiny(tmp_path, "grpo", "train.steps=1"), resume=True).nonfinite_in_a_row == 2
+
+
+def test_a_model_folder_without_its_tokenizer_is_a_clear_error(tmp_path, embedded_model):
+    import shutil
+
+    from bapo.models import load_model
+
+    model, _ = embedded_model
+    folder = tmp_path / "model"
+    shutil.copytree(model.name_or_path, folder)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):
+        load_model(str(folder))

@@ -37,10 +37,26 @@ def test_balance_figure_draws_every_token_once(batch):
     fig = balance_figure(batch, 0.8, 1.2)
     scatter = [t for t in fig.data if isinstance(t, go.Scattergl)]
     assert sum(len(t.x) for t in scatter) == len(batch.advantages)
-    clipped = next(t for t in scatter if t.name == "A>0 clipped")
+    clipped = next(t for t in scatter if (t.name or "").startswith("A>0 clipped"))
     assert len(clipped.x) == balance(batch, 0.8, 1.2)["clipped_pos"]
     bar = next(t for t in fig.data if isinstance(t, go.Bar))
     assert sum(bar.y) == pytest.approx(1.0)
+    # positives are drawn last (on top of the more numerous negatives); counts in the legend
+    names = [t.name for t in scatter]
+    assert names[-1].startswith("A>0") and names[0].startswith("A<0")
+    assert names[-1] == f"A>0 clipped ({len(clipped.x)})"
+    # bar labels carry the counts, so no text sits in the bars where the rho0 line runs
+    assert bar.text is None and f"{balance(batch, 0.8, 1.2)['n_pos']} tokens" in bar.x[0]
+
+
+def test_balance_figure_explains_zero_advantage_tokens(batch):
+    adv = batch.advantages.clone()
+    adv[:7] = 0.0
+    zeroed = type(batch)(batch.log_probs, batch.old_log_probs, adv)
+    fig = balance_figure(zeroed, 0.8, 1.2)
+    assert "+ 7 tokens with A = 0" in fig.layout.xaxis.title.text
+    scatter = [t for t in fig.data if isinstance(t, go.Scattergl)]
+    assert sum(len(t.x) for t in scatter) == len(adv) - 7
 
 
 def test_widgets_build_and_call_the_package_callbacks(batch):
@@ -49,10 +65,10 @@ def test_widgets_build_and_call_the_package_callbacks(batch):
         "c_low", "c_high", "measure", "pi_rollout weight"
     ]  # fmt: skip
     # moving a slider redraws the figure in place: c_high up clips fewer positive tokens
-    clipped = next(t for t in wdg.figure.data if t.name == "A>0 clipped")
+    clipped = next(t for t in wdg.figure.data if (t.name or "").startswith("A>0 clipped"))
     assert len(clipped.x) == balance(batch, 0.8, 1.2)["clipped_pos"]
     wdg.children[1].value = 3.0
-    clipped = next(t for t in wdg.figure.data if t.name == "A>0 clipped")
+    clipped = next(t for t in wdg.figure.data if (t.name or "").startswith("A>0 clipped"))
     assert len(clipped.x) == balance(batch, 0.8, 3.0)["clipped_pos"]
     assert "rho = " in wdg.figure.layout.annotations[0].text
     s = search_widget(batch, BAPOConfig())
@@ -128,3 +144,42 @@ def test_one_colour_per_algorithm_in_every_figure():
     assert lines["clip-higher"].dash != "solid"  # visible on top of GRPO's identical bounds
     assert fig.layout.xaxis.title.text == "step" and fig.layout.yaxis.title.text == "nats/token"
     assert arm_style("someone else", 7)[1] == "solid"
+
+
+def test_dashboard_draws_its_axes_and_rho0_before_the_first_step():
+    dash = LiveDashboard(steps=30)
+    fig = dash.widget
+    assert len(fig.data) == 0
+    keys = [k for k, _ in dash.metrics]
+    i = keys.index("bapo/rho")
+    yaxis = fig.layout[f"yaxis{i + 1 if i else ''}"]
+    assert yaxis.title.text == "share of the loss"
+    assert tuple(fig.layout.xaxis.range) == (0, 30)
+    rho0_lines = [s for s in fig.layout.shapes if s.y0 == s.y1 == 0.4]
+    assert len(rho0_lines) == 1
+
+
+def test_hover_text_comes_from_the_glossary(tmp_path):
+    from bapo.glossary import describe
+
+    fig = compare_figure({"bapo": [records([1.0, 0.9])]}, [("entropy/mean", "entropy")])
+    words = describe("entropy/mean").meaning.split()[:3]
+    line = next(t for t in fig.data if t.name == "bapo")
+    assert " ".join(words) in line.hovertemplate.replace("<br>", " ")
+    dash = LiveDashboard(metrics=[("entropy/mean", "entropy")])
+    dash.callback("grpo")(records([2.0])[0])
+    assert " ".join(words) in dash.widget.data[0].hovertemplate.replace("<br>", " ")
+    html = write_report({"bapo": [records([1.0, 0.9])]}, tmp_path / "r.html", "t").read_text()
+    assert "What each panel shows" in html and describe("bapo/rho").meaning[:30] in html
+
+
+def test_compare_figure_on_an_axis_of_updates():
+    # staleness 1: one update per step; staleness 4: four.  Matched runs end at the same update.
+    s1 = [{"step": i, "offpolicy/updates": 1, "entropy/mean": 1.0 - i / 10} for i in (1, 2, 3, 4)]
+    s4 = [{"step": 1, "offpolicy/updates": 4, "entropy/mean": 0.5}]
+    fig = compare_figure({"grpo S=1": [s1], "grpo S=4": [s4]}, [("entropy/mean", "H")], x="updates")
+    lines = {t.name: list(t.x) for t in fig.data}
+    assert lines == {"grpo S=1": [1, 2, 3, 4], "grpo S=4": [4]}
+    assert fig.layout.xaxis.title.text == "optimizer updates"
+    with pytest.raises(ValueError, match="x='epochs'"):
+        compare_figure({"a": [s1]}, [("entropy/mean", "H")], x="epochs")

@@ -119,3 +119,28 @@ def test_simulation_figure_and_table():
     assert len(table) == 2 + 4
     end_h = float(res[("BAPO", 4)][0].entropy[-1])
     assert any(line.startswith("BAPO") and f"{end_h:.3f}" in line for line in table)
+
+
+def test_simulation_figure_draws_no_round_off_and_shares_rows():
+    rules = [FixedClip.grpo(), BAPOConfig()]
+    res = simulate_grid(Bandit.plateau(n_arms=16, n_good=2), rules, (1, 16), seeds=(0,), n_steps=30)
+    fig = simulation_figure(res)
+    held_back = [t for t in fig.data if t.yaxis in ("y5", "y6")]  # row 3: dH held back by clip
+    at_s1 = [t for t in held_back if t.yaxis == "y5"]
+    raw = [float(x) for x in res[("GRPO [0.8, 1.2]", 1)][0].dh_clip_effect]
+    assert all(abs(x) < 1e-12 for x in raw)  # nothing is clipped at staleness 1 ...
+    assert all(y == 0.0 for t in at_s1 for y in t.y)  # ... and the panel draws exactly 0
+    assert any(
+        abs(y) > 1e-9 for t in held_back if t.yaxis == "y6" for y in t.y
+    )  # real effects stay
+    assert fig.layout.yaxis6.matches == "y5"  # one y axis per row across staleness levels
+    # the package's colours: GRPO blue, BAPO green, as in every other figure
+    colours = {t.name: t.line.color for t in fig.data if t.showlegend}
+    assert colours == {"GRPO [0.8, 1.2]": "#1f77b4", "BAPO": "#2ca02c"}
+
+
+def test_clip_rule_view_has_a_legend():
+    fig = clip_rule_view(0.8, 1.2, staleness=4).figure
+    names = [t.name for t in fig.data if t.showlegend is not False]
+    assert "clipped (X = 0)" in names and "c_low, c_high" in names
+    assert fig.layout.showlegend is not False

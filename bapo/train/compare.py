@@ -16,6 +16,7 @@ its staleness-1 run, and a run at staleness ``S`` makes as many.  Two ways to ge
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 from bapo.train.config import ALGOS, Config
@@ -59,6 +60,42 @@ def run_name(algo: str, staleness: int | None, several: bool) -> str:
     return f"{algo} S={staleness}" if several and staleness is not None else algo
 
 
+class Progress:
+    """Elapsed time and an estimate of the time left.
+
+    ``plan`` lists one key per run (its staleness level).  A run left is estimated by the mean
+    time of the finished runs with its key (same level: the same rollouts and updates), or of all
+    finished runs while its level has none yet.
+    """
+
+    def __init__(self, plan: list, clock=time.monotonic):
+        self.clock, self.start = clock, clock()
+        self.left = list(plan)
+        self.took: dict = {}
+        self._mark = self.start
+
+    def done(self, key) -> None:
+        now = self.clock()
+        self.took.setdefault(key, []).append(now - self._mark)
+        self._mark = now
+        self.left.remove(key)
+
+    def status(self) -> str:
+        if not self.took:
+            return ""
+        every = [t for ts in self.took.values() for t in ts]
+        fallback = sum(every) / len(every)
+        left = sum(
+            sum(self.took[k]) / len(self.took[k]) if k in self.took else fallback for k in self.left
+        )
+        return f"; {_clock(self.clock() - self.start)} so far, about {_clock(left)} left"
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 def run_compare(
     base: Config,
     algos: list[str],
@@ -88,6 +125,7 @@ def run_compare(
     out = Path(out_dir)
     runs: dict[str, list[list[dict]]] = {}
     total, k = len(levels) * len(algos) * seeds, 0
+    clock = Progress([s for s in levels for _ in algos for _ in range(seeds)])
     for s in levels:
         for algo in algos:
             name = run_name(algo, s, several)
@@ -100,14 +138,15 @@ def run_compare(
                 k += 1
                 if verbose:
                     print(f"== run {k}/{total}: {algo}, seed {cfg.train.seed}, staleness "
-                          f"{cfg.staleness} ==", flush=True)  # fmt: skip
+                          f"{cfg.staleness}{clock.status()} ==", flush=True)  # fmt: skip
                 records = Trainer(cfg.validate(), callbacks=callbacks).train()
+                clock.done(s)
                 runs.setdefault(name, []).append(records)
     shown = ",".join(str(s) for s in levels) if levels != [None] else str(base.staleness)
     matched = f" via {via} (matched updates)" if levels != [None] else ""
     title = (f"{base.preset}: {', '.join(algos)} at staleness {shown}{matched}, "
              f"{seeds} seed(s)")  # fmt: skip
-    write_report(runs, out / "report.html", title)
+    write_report(runs, out / "report.html", title, x="updates" if several else "step")
     table = format_summary(summary_rows(runs))
     (out / "summary.txt").write_text(title + "\n" + table + "\n")
     if verbose:

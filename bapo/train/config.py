@@ -4,6 +4,9 @@ and command-line overrides such as ``algo.rho0=0.5``."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -15,6 +18,8 @@ import yaml
 from bapo.loss import AGG_MODES, BAPOConfig, FixedClip
 
 ALGOS = ("grpo", "clip-higher", "bapo", "bapo-official", "fixed")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # cpu-guess (docs/science.md, round 3)
 GUESS_CAP, GUESS_STEPS, GUESS_LR = 12, 120, 6e-4
 
@@ -131,6 +136,9 @@ class RunConfig:
     eval_size: int = 128
     tensorboard: bool = False
     progress: bool = True
+    # a fresh run refuses a folder that holds another run's checkpoints unless this is true
+    # (then that run's checkpoints and logs are deleted when the new run starts)
+    overwrite: bool = False
 
 
 @dataclass
@@ -146,7 +154,20 @@ class Config:
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> Config:
-        """Check every field a run depends on; errors name the field and what is allowed."""
+        """Check every field a run depends on; errors name the field and what is allowed.
+
+        Numbers are finite (``_coerce`` refuses inf and nan).  What depends on the machine (is
+        CUDA there, can ``run.out_dir`` be written) is checked when a trainer starts, not here,
+        so a GPU preset still validates on a laptop."""
+        m = self.model
+        if not m.name:
+            raise ValueError("model.name is empty: give 'embedded', a local folder or a hub name")
+        _choice("model.dtype", m.dtype, DTYPES)
+        if not DEVICE_PATTERN.fullmatch(m.device):
+            raise ValueError(
+                f"model.device={m.device!r} is not allowed: use auto, cpu, mps, cuda or cuda:N"
+            )
+        self._validate_task()
         t = self.train
         for name in ("steps", "prompts_per_step", "epochs", "mini_batches", "micro_batch_size"):
             if getattr(t, name) < 1:
@@ -175,12 +196,42 @@ class Config:
             raise ValueError(f"train.cpu_threads={t.cpu_threads} is out of range: allowed >= 0")
         if not t.lr > 0:
             raise ValueError(f"train.lr={t.lr} is out of range: allowed (0, inf)")
+        if not t.max_grad_norm > 0:
+            raise ValueError(
+                f"train.max_grad_norm={t.max_grad_norm} is out of range: allowed (0, inf)"
+                " (a norm <= 0 would not clip but reverse or stop the update)"
+            )
+        if t.weight_decay < 0:
+            raise ValueError(f"train.weight_decay={t.weight_decay} is out of range: allowed >= 0")
+        for k, beta in enumerate(t.betas):
+            if not 0 <= beta < 1:
+                raise ValueError(
+                    f"train.betas={list(t.betas)} is out of range: each allowed [0, 1)"
+                    f" (betas[{k}]={beta})"
+                )
+        for name in ("logprob_chunk", "max_nonfinite"):
+            if getattr(t, name) < 1:
+                raise ValueError(f"train.{name}={getattr(t, name)} is out of range: allowed >= 1")
+        for name in ("warmup_steps", "seed"):
+            if getattr(t, name) < 0:
+                raise ValueError(f"train.{name}={getattr(t, name)} is out of range: allowed >= 0")
+        if self.algo.name not in ALGOS:
+            raise ValueError(
+                f"algo.name={self.algo.name!r} is not allowed: use one of {', '.join(ALGOS)}"
+            )
         if self.algo.agg not in AGG_MODES:
             raise ValueError(f"algo.agg={self.algo.agg!r} is not allowed: use one of {AGG_MODES}")
-        self.algo.clip_rule()  # validates the bounds / BAPO fields
-        if self.rollout.engine not in ("hf", "vllm"):
-            raise ValueError(f"rollout.engine={self.rollout.engine!r} is not allowed: hf or vllm")
-        self.sampling()  # validates temperature, top_p, top_k, max_new_tokens
+        _named("algo", self.algo.clip_rule)  # validates the bounds / BAPO fields
+        r = self.rollout
+        _choice("rollout.engine", r.engine, ("hf", "vllm"))
+        _named("rollout", self.sampling)  # validates temperature, top_p, top_k, max_new_tokens
+        if r.batch_size < 1:
+            raise ValueError(f"rollout.batch_size={r.batch_size} is out of range: allowed >= 1")
+        if not 0 < r.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"rollout.gpu_memory_utilization={r.gpu_memory_utilization} is out of range:"
+                " allowed (0, 1]"
+            )
         o = self.offpolicy
         if not 0 <= o.replay_fraction < 1:
             raise ValueError(
@@ -192,12 +243,51 @@ class Config:
             raise ValueError(
                 f"offpolicy.replay_max_age={o.replay_max_age} is out of range: allowed >= 0"
             )
-        if o.partial_budget < 0:
+        if not 0 <= o.partial_budget <= r.max_new_tokens:
             raise ValueError(
                 f"offpolicy.partial_budget={o.partial_budget} is out of range: allowed 0 (off) or"
-                f" 1..rollout.max_new_tokens"
+                f" 1..rollout.max_new_tokens ({r.max_new_tokens})"
             )
+        u = self.run
+        if not u.out_dir:
+            raise ValueError("run.out_dir is empty: give the run folder")
+        for name in ("save_every", "eval_every"):
+            if getattr(u, name) < 0:
+                raise ValueError(
+                    f"run.{name}={getattr(u, name)} is out of range: allowed 0 (off) or >= 1"
+                )
+        for name in ("keep_checkpoints", "eval_size"):
+            if getattr(u, name) < 1:
+                raise ValueError(f"run.{name}={getattr(u, name)} is out of range: allowed >= 1")
         return self
+
+    def _validate_task(self) -> None:
+        """``task.name`` is a registered task and every option is a parameter of its constructor."""
+        from bapo.tasks import TASKS
+
+        task = self.task
+        _choice("task.name", task.name, tuple(sorted(TASKS)))
+        params = inspect.signature(TASKS[task.name]).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return  # a loader that forwards its options: they are checked when it runs
+        allowed = [n for n, p in params.items() if p.kind is not p.VAR_POSITIONAL]
+        options = [n for n in allowed if n != "path"]
+        for key in task.options:
+            if key not in options:
+                raise ValueError(
+                    f"task.options.{key} is not an option of task {task.name!r}: allowed"
+                    f" {', '.join(options) or 'none'}"
+                )
+        if task.path is not None and "path" not in allowed:
+            raise ValueError(
+                f"task.path={task.path!r} is not used by task {task.name!r}: leave it empty"
+            )
+        if (
+            task.path is None
+            and "path" in allowed
+            and params["path"].default is params["path"].empty
+        ):
+            raise ValueError(f"task.path is empty: task {task.name!r} needs a data file")
 
     def sampling(self):
         from bapo.rollout.base import SamplingParams
@@ -229,7 +319,14 @@ class Config:
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"config file {p} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        if not p.is_file():
+            raise ValueError(f"config file {p} is not a file (a folder?): give a YAML file")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {p}: {_yaml_error(e)}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {p} is not a text file: give a YAML file") from None
         if not isinstance(data, dict):
             raise ValueError(f"config file {p} must hold a mapping at the top level")
         return cls.from_dict(data)
@@ -237,6 +334,8 @@ class Config:
     def override(self, assignments: list[str]) -> Config:
         """Apply ``section.field=value`` strings (values parsed as YAML scalars)."""
         data = self.to_dict()
+        task_before = data["task"]["name"]
+        task_keys = set()  # task fields the assignments set
         for item in assignments:
             if "=" not in item:
                 raise ValueError(f"override {item!r} must look like section.field=value")
@@ -250,8 +349,49 @@ class Config:
             leaf = parts[-1]
             if not isinstance(node, dict) or (leaf not in node and parts[0] != "task"):
                 raise ValueError(f"override {key!r}: unknown field {leaf!r}")
-            node[leaf] = yaml.safe_load(raw) if raw != "" else None
+            try:
+                value = yaml.safe_load(raw) if raw != "" else None
+            except yaml.YAMLError as e:
+                raise ValueError(
+                    f"override {key}: {raw!r} is not a YAML value ({_yaml_error(e)})"
+                ) from None
+            node[leaf] = value
+            if parts[0] == "task":
+                task_keys.add(".".join(parts[:3]))
+        if data["task"]["name"] != task_before:
+            # another task: the preset's options and data file belonged to the old one; keep
+            # only what the assignments gave
+            options = data["task"]["options"]
+            if "task.options" not in task_keys and isinstance(options, dict):
+                data["task"]["options"] = {
+                    k: v for k, v in options.items() if f"task.options.{k}" in task_keys
+                }
+            if "task.path" not in task_keys:
+                data["task"]["path"] = None
         return Config.from_dict(data)
+
+
+def _choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed: use one of {', '.join(allowed)}")
+
+
+def _named(section: str, check) -> None:
+    """Run ``check`` and put ``section.`` before a message that names a bare field."""
+    try:
+        check()
+    except ValueError as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(section + ".") else f"{section}.{msg}") from None
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """One line: where (line, column) and what."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    what = " ".join(str(getattr(e, "problem", None) or e).split())
+    if mark is None:
+        return f"malformed YAML ({what})"
+    return f"malformed YAML at line {mark.line + 1}, column {mark.column + 1} ({what})"
 
 
 def _plain(x):
@@ -299,6 +439,8 @@ def _coerce(value, hint, name: str):
         if isinstance(value, bool):
             return value
         raise ValueError(f"{name}={value!r} must be true or false")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} is not allowed: finite numbers only")
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ValueError(f"{name}={value!r} must be an integer")
@@ -311,6 +453,8 @@ def _coerce(value, hint, name: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name}={value!r} must be a number")
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} is not allowed: finite numbers only")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -46,8 +46,10 @@ class MetricsLogger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if keep_until_step is not None:  # resuming: drop records past the checkpoint
+            from bapo.train.checkpoint import atomic_write_text
+
             kept = [r for r in read_jsonl(self.path) if r.get("step", -1) <= keep_until_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a")
         self.callbacks = list(callbacks)
         self._tb = None
@@ -61,6 +63,11 @@ class MetricsLogger:
             self._tb = SummaryWriter(str(tensorboard_dir))
 
     def log(self, record: dict) -> None:
+        self.write(record)
+        self.notify(record)
+
+    def write(self, record: dict) -> None:
+        """The record into the file (flushed) and TensorBoard."""
         self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         self._file.flush()
         if self._tb is not None:
@@ -68,6 +75,9 @@ class MetricsLogger:
             for k, v in record.items():
                 if "/" in k and isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(k, v, step)
+
+    def notify(self, record: dict) -> None:
+        """The record to the callbacks (live plots, user code)."""
         for cb in self.callbacks:
             cb(record)
 

@@ -9,7 +9,15 @@ Each step (Algorithm 1):
      mini-batch (not per micro-batch) before its micro-batches are back-propagated.
 
 Metrics of every step go to ``metrics.jsonl`` (and TensorBoard, and callbacks); every update's
-bounds go to ``updates.jsonl``.
+bounds go to ``updates.jsonl``, under the same step number.
+
+A step is all or nothing.  Its rows are written when it has finished (the commit); SIGINT and
+SIGTERM wait for the step to finish, then a checkpoint is written and the run stops (a second
+signal stops at once, writing nothing).  An exception inside a step rolls the trainer back to
+the step's start before the checkpoint is written: the cheap state (counters, RNG, replay
+buffer, unfinished rollouts, scheduler) is copied at every step boundary, the weights and the
+optimizer state only just before the step's first optimizer step changes them (one copy in
+host memory per step; ``_RollbackPoint``).
 """
 
 from __future__ import annotations
@@ -17,8 +25,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import random
+import shutil
+import signal
+import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -28,7 +42,15 @@ from bapo.loss import BAPOConfig, FixedClip, grpo_advantages, policy_loss, searc
 from bapo.models import META_FILE
 from bapo.rollout.base import RolloutEngine
 from bapo.rollout.mismatch import logprob_mismatch
-from bapo.train.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
+from bapo.train.checkpoint import (
+    atomic_write_text,
+    checkpoint_dirs,
+    load_state,
+    resumable_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from bapo.train.config import Config
 from bapo.train.logprobs import completion_logprobs, pack
 from bapo.train.metrics import MetricsLogger
@@ -39,10 +61,70 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive non-finite losses; a checkpoint was written before raising."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run at a step boundary, after a checkpoint was written.
+    ``exit_code`` is the shell's: 130 for SIGINT, 143 for SIGTERM."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"{signal.Signals(signum).name} after step {step}")
+        self.signum, self.step = signum, step
+        self.exit_code = 128 + signum
+
+
+class HardInterrupt(KeyboardInterrupt):
+    """A second signal: the run stopped at once, without writing a checkpoint."""
+
+    exit_code = 130
+
+
 def resolve_device(name: str) -> torch.device:
+    """``model.device`` as a torch device, checked against what this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"model.device={name!r} is not available: this machine has no CUDA device"
+                " (use cpu or auto)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"model.device={name!r} is not available: this machine has"
+                f" {torch.cuda.device_count()} CUDA device(s), cuda:0.."
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"model.device={name!r} is not available on this machine (use cpu)")
+    return device
+
+
+def check_dtype(name: str, device: torch.device) -> None:
+    """``model.dtype`` against the device: bfloat16 (also what ``auto`` uses on CUDA) needs a GPU
+    that has it."""
+    if device.type == "cuda" and name in ("bfloat16", "auto"):
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError(
+                f"model.dtype={name!r} needs bfloat16, which {torch.cuda.get_device_name(device)}"
+                " lacks: use float16 or float32"
+            )
+
+
+def check_run_folder(out_dir: Path) -> None:
+    """``run.out_dir`` is (or can become) a folder this process can write, checked before any
+    model is loaded or step is taken."""
+    for p in [out_dir, *out_dir.parents]:
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"run.out_dir={str(out_dir)!r} cannot be a folder: {p} is a file")
+    probe = out_dir / f".write-check-{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(
+            f"run.out_dir={str(out_dir)!r} cannot be written ({e.strerror or e}):"
+            " choose a writable folder"
+        ) from None
 
 
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
@@ -71,15 +153,27 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.update_hook = update_hook  # sees each update's tensors (tests, notebooks)
         self.sample_hook = sample_hook  # sees each step's finished samples
+        self.device = resolve_device(cfg.model.device)
+        check_dtype(cfg.model.dtype, self.device)
+        check_run_folder(self.out_dir)
+        ckpt = self._claim_run_folder(resume)
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
-        self.device = resolve_device(cfg.model.device)
         if self.device.type == "cpu" and cfg.train.cpu_threads:
             torch.set_num_threads(cfg.train.cpu_threads)
 
-        ckpt = latest_checkpoint(self.out_dir) if resume else None
-        if resume and ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {self.out_dir}")
+        if task is None:
+            from bapo.tasks import make_task
+
+            kwargs = dict(cfg.task.options)
+            if cfg.task.path is not None:
+                kwargs["path"] = cfg.task.path
+            try:
+                task = make_task(cfg.task.name, **kwargs)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"task.options of task {cfg.task.name!r}: {e}") from None
+        self.task = task
+
         if model is None or ckpt is not None:
             from bapo.models import load_model
 
@@ -90,14 +184,6 @@ class Trainer:
         if cfg.model.gradient_checkpointing:
             enable = getattr(self.model, "activation_checkpointing_enable", None)
             (enable or self.model.gradient_checkpointing_enable)()
-        if task is None:
-            from bapo.tasks import make_task
-
-            kwargs = dict(cfg.task.options)
-            if cfg.task.path is not None:
-                kwargs["path"] = cfg.task.path
-            task = make_task(cfg.task.name, **kwargs)
-        self.task = task
         self.engine = engine if engine is not None else self._make_engine()
         self.clip_rule = cfg.algo.clip_rule()
         self.pad_id = _pad_id(tokenizer)
@@ -124,8 +210,34 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.wall_start = time.time()
         self.wall_offset = 0.0
+        self._rollback_point: _RollbackPoint | None = None  # set while a step is in progress
+        self._saved_step: int | None = None  # the step whose state checkpoint-<step> holds
+        self._save_requested = False  # save() was called inside a step
+        self.optimizer.register_step_pre_hook(self._before_optimizer_step)
         if ckpt is not None:
             self._load_state(ckpt)
+
+    def _claim_run_folder(self, resume: bool) -> Path | None:
+        """The checkpoint to resume from; a fresh run refuses a folder with another run's
+        checkpoints unless ``run.overwrite`` (then that run's checkpoints and logs go)."""
+        if resume:
+            ckpt, problems = resumable_checkpoint(self.out_dir)
+            for line in problems:
+                warnings.warn(line, stacklevel=3)
+            return ckpt
+        old = checkpoint_dirs(self.out_dir)
+        if old and not self.cfg.run.overwrite:
+            raise ValueError(
+                f"run.out_dir={str(self.out_dir)!r} holds another run ({old[-1].name}): use"
+                " --resume to continue it, a new run.out_dir, or run.overwrite=true to replace it"
+            )
+        for d in old:
+            shutil.rmtree(d)
+        for name in ("metrics.jsonl", "updates.jsonl"):
+            (self.out_dir / name).unlink(missing_ok=True)
+        if old:
+            shutil.rmtree(self.out_dir / "tb", ignore_errors=True)
+        return None
 
     # ------------------------------------------------------------------------------------------
     def _param_dtype(self):
@@ -160,7 +272,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def train(self) -> list[dict]:
-        """Run to ``cfg.train.steps``; returns the step records.  Ctrl-C saves a checkpoint."""
+        """Run to ``cfg.train.steps``; returns the step records.
+
+        Each step commits its ``updates.jsonl`` and ``metrics.jsonl`` rows when it has finished.
+        SIGINT (Ctrl-C) and SIGTERM are deferred to the next step boundary: a checkpoint is
+        written, then :class:`TrainingInterrupted` is raised (a second signal raises
+        :class:`HardInterrupt` at once and writes nothing).  Any other exception writes a
+        checkpoint of the last consistent state (the step's start) before it propagates."""
         cfg = self.cfg
         logger = MetricsLogger(
             self.out_dir / "metrics.jsonl",
@@ -168,55 +286,136 @@ class Trainer:
             callbacks=self.callbacks,
             keep_until_step=self.step,
         )
-        self._updates_log = MetricsLogger(self.out_dir / "updates.jsonl", keep_until_step=self.step)
-        cfg.to_yaml(self.out_dir / "config.yaml")
+        updates_log = MetricsLogger(self.out_dir / "updates.jsonl", keep_until_step=self.step)
         records = []
         bar = _progress(cfg.run.progress, total=cfg.train.steps, initial=self.step)
+        signals = _DeferredSignals()
         try:
-            while self.step < cfg.train.steps:
-                record = self.train_step()
-                logger.log(record)
-                records.append(record)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        reward=f"{record.get('reward/mean', math.nan):.2f}",
-                        H=f"{record.get('entropy/mean', math.nan):.3f}",
-                        rho=f"{record.get('bapo/rho', math.nan):.2f}",
-                    )
-                every = cfg.run.save_every
-                if every and self.step % every == 0 and self.step < cfg.train.steps:
-                    self.save()
-            self.save()
-        except KeyboardInterrupt:
-            print(f"\ninterrupted at step {self.step}: saving a checkpoint before exit")
-            self.save()
+            with signals:
+                atomic_write_text(self.out_dir / "config.yaml", cfg.to_yaml())
+                while self.step < cfg.train.steps:
+                    self._begin_step()
+                    record = self.train_step()
+                    self._commit(record, logger, updates_log)
+                    records.append(record)
+                    logger.notify(record)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(
+                            reward=f"{record.get('reward/mean', math.nan):.2f}",
+                            H=f"{record.get('entropy/mean', math.nan):.3f}",
+                            rho=f"{record.get('bapo/rho', math.nan):.2f}",
+                        )
+                    every = cfg.run.save_every
+                    if every and self.step % every == 0 and self.step < cfg.train.steps:
+                        self.save()
+                    if signals.signum is not None:
+                        break
+                self._save_once()
+                if signals.signum is not None:
+                    name = signal.Signals(signals.signum).name
+                    print(f"\n{name}: stopped after step {self.step}; checkpoint written",
+                          file=sys.stderr)  # fmt: skip
+                    raise TrainingInterrupted(signals.signum, self.step)
+        except (HardInterrupt, TrainingInterrupted):
+            raise
+        except BaseException:
+            rolled_back = self._rollback_point is not None
+            self._rollback()
+            if self.step > 0 or self._save_requested:
+                path = self._save_once()
+                where = "the step's start" if rolled_back else f"step {self.step}"
+                print(f"\nstopped by an error: checkpoint of {where} written to {path}",
+                      file=sys.stderr)  # fmt: skip
             raise
         finally:
+            self._rollback_point = None
             if bar is not None:
                 bar.close()
             logger.close()
-            self._updates_log.close()
+            updates_log.close()
             self._updates_log = None
         return records
 
+    def _begin_step(self) -> None:
+        """A step boundary: remember the cheap state; ``_updates_log`` collects the step's rows."""
+        self._rollback_point = _RollbackPoint(
+            step=self.step,
+            version=self.version,
+            nonfinite_in_a_row=self.nonfinite_in_a_row,
+            rng=rng_state(),
+            extra=self.extra_state(),
+            scheduler=_host_copy(self.scheduler.state_dict()),
+        )
+        self._updates_log = self._rollback_point  # rows wait for the commit
+
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        """The first optimizer step of a step: copy weights and optimizer state first."""
+        point = self._rollback_point
+        if point is not None and point.weights is None:
+            point.weights = _host_copy(self.model.state_dict())
+            point.optimizer = _host_copy(self.optimizer.state_dict())
+
+    def _commit(self, record: dict, logger: MetricsLogger, updates_log: MetricsLogger) -> None:
+        """The step has finished: write its update rows and its metrics row, under its number."""
+        point, self._rollback_point = self._rollback_point, None
+        self._updates_log = None
+        for row in point.rows:
+            updates_log.write({**row, "step": self.step})
+        logger.write(record)
+
+    def _rollback(self) -> None:
+        """Back to the start of the step in progress (nothing to do between steps)."""
+        point, self._rollback_point = self._rollback_point, None
+        self._updates_log = None
+        if point is None:
+            return
+        if point.weights is not None:
+            with torch.no_grad():
+                for name, t in self.model.state_dict().items():
+                    t.copy_(point.weights[name])
+            self.optimizer.load_state_dict(point.optimizer)
+        self.scheduler.load_state_dict(point.scheduler)
+        set_rng_state(point.rng)
+        self.step, self.version = point.step, point.version
+        self.nonfinite_in_a_row = point.nonfinite_in_a_row
+        self.load_extra_state(point.extra)
+        self._synced_version = -1  # the engine may hold the half-step's weights
+
     def save(self) -> Path:
-        """A checkpoint of everything a resumed run needs (HF model + tokenizer + state)."""
+        """A checkpoint of everything a resumed run needs (HF model + tokenizer + state).
+
+        A checkpoint never holds half a step: called inside a step (the non-finite abort), it
+        only asks for one and returns its path; ``train()`` writes it, of the step's start, when
+        the step's exception reaches it."""
+        if self._rollback_point is not None:
+            self._save_requested = True
+            return self.out_dir / f"checkpoint-{self._rollback_point.step}"
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "version": self.version,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "wall": self.wall_offset + time.time() - self.wall_start,
+            "rng": rng_state(),
             "extra": self.extra_state(),
         }
         # an embedded model's marker file travels along, so its exact tokenizer reloads
         source = Path(str(getattr(self.model, "name_or_path", "")))
         marker = source / META_FILE if str(source) else None
-        return save_checkpoint(
+        path = save_checkpoint(
             self.out_dir, self.step, self.model, self.tokenizer, state, self.cfg.to_yaml(),
             keep=self.cfg.run.keep_checkpoints,
             extra_files=[marker] if marker is not None and marker.is_file() else [],
         )  # fmt: skip
+        self._saved_step = self.step
+        return path
+
+    def _save_once(self) -> Path:
+        """``save()`` unless this very state is already ``checkpoint-<step>``."""
+        if self._saved_step == self.step and self._rollback_point is None:
+            return self.out_dir / f"checkpoint-{self.step}"
+        return self.save()
 
     def _load_state(self, ckpt: Path) -> None:
         state = load_state(ckpt)
@@ -225,8 +424,10 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step = state["step"]
         self.version = state["version"]
+        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
         self.wall_offset = state.get("wall", 0.0)
         self.load_extra_state(state.get("extra", {}))
+        self._saved_step = self.step
 
     def extra_state(self) -> dict:
         """The off-policy machinery: the replay buffer and the unfinished rollouts."""
@@ -612,3 +813,66 @@ def _progress(enabled: bool, total: int, initial: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+
+
+@dataclasses.dataclass
+class _RollbackPoint:
+    """The trainer at a step boundary.  ``weights`` and ``optimizer`` stay ``None`` until the
+    step's first optimizer step is about to change them; ``rows`` are the step's update rows,
+    written at its commit (``log`` is the sink ``_update_once`` writes to)."""
+
+    step: int
+    version: int
+    nonfinite_in_a_row: int
+    rng: dict
+    extra: dict
+    scheduler: dict
+    weights: dict | None = None
+    optimizer: dict | None = None
+    rows: list = dataclasses.field(default_factory=list)
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+
+
+def _host_copy(x):
+    """A deep copy with every tensor cloned to host memory."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", copy=True)
+    if isinstance(x, dict):
+        return type(x)((k, _host_copy(v)) for k, v in x.items())
+    if isinstance(x, (list, tuple)):
+        return type(x)(_host_copy(v) for v in x)
+    return x
+
+
+class _DeferredSignals:
+    """While active (main thread only), SIGINT and SIGTERM set ``signum`` for the training loop
+    to act on at the next step boundary; a second signal restores the handlers and raises
+    :class:`HardInterrupt` at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> _DeferredSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            self.__exit__()
+            raise HardInterrupt(f"second {signal.Signals(signum).name}: stopped without saving")
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint"
+              " (press Ctrl-C again to stop at once without saving)", file=sys.stderr,
+              flush=True)  # fmt: skip

@@ -67,40 +67,52 @@ def balance_figure(
     """Left: each side's share of the loss (Figure 4).  Right: the token map (Figure 5) -
     probability vs importance weight, coloured by advantage sign and clipped or not."""
     b = balance(batch, c_low, c_high, contribution, rollout_weight)
+    a = batch.advantages
+    n_zero = int((a == 0).sum())
     fig = make_subplots(
-        rows=1, cols=2, column_widths=[0.3, 0.7],
+        rows=1, cols=2, column_widths=[0.3, 0.7], horizontal_spacing=0.12,
         subplot_titles=(f"share of the loss (rho = {b['rho']:.3f})",
                         "token probability vs importance weight"),
     )  # fmt: skip
     total = max(b["pos"] + b["neg"], 1e-300)
+    # token counts go in the category labels, so the rho0 line crosses no text
     fig.add_trace(
-        go.Bar(x=["positive (A>0)", "negative (A<0)"], y=[b["pos"] / total, b["neg"] / total],
+        go.Bar(x=[f"A>0<br>{b['n_pos']} tokens", f"A<0<br>{b['n_neg']} tokens"],
+               y=[b["pos"] / total, b["neg"] / total],
                marker_color=["#2ca02c", "#d62728"], showlegend=False,
-               text=[f"{b['n_pos']} tokens", f"{b['n_neg']} tokens"]),
+               hovertemplate="%{x}: %{y:.3f} of the loss<extra></extra>"),
         1, 1,
     )  # fmt: skip
-    fig.add_hline(y=rho0, line_dash="dash", annotation_text="rho0", row=1, col=1)
+    fig.add_hline(y=rho0, line_dash="dash", row=1, col=1)
+    fig.add_annotation(x=1.0, xref="x domain", y=rho0, yref="y", text=f"rho0 = {rho0:g}",
+                       showarrow=False, xanchor="right", yanchor="bottom", row=1, col=1,
+                       bgcolor="rgba(255,255,255,0.8)")  # fmt: skip
+    fig.update_xaxes(title_text=f"+ {n_zero} tokens with A = 0 (no loss, not shown)", row=1, col=1)
     r = batch.ratio
     prob = torch.exp(batch.log_probs)
-    high, low, _ = clip_regions(r, batch.advantages, c_low, c_high)
-    a = batch.advantages
+    high, low, _ = clip_regions(r, a, c_low, c_high)
+    # the many negative tokens first, the positive ones on top; clipped ones as open symbols so
+    # that every group stays visible where they overlap
     groups = [
+        ("A<0 kept", (a < 0) & ~low, "#d62728", "circle-open"),
+        ("A<0 clipped", low, "#d62728", "x-thin-open"),
         ("A>0 kept", (a > 0) & ~high, "#2ca02c", "circle"),
-        ("A>0 clipped", high, "#98df8a", "x"),
-        ("A<0 kept", (a < 0) & ~low, "#d62728", "circle"),
-        ("A<0 clipped", low, "#ff9896", "x"),
+        ("A>0 clipped", high, "#2ca02c", "x-thin-open"),
     ]
     for name, sel, color, symbol in groups:
+        n = int(sel.sum())
         fig.add_trace(
-            go.Scattergl(x=r[sel].tolist(), y=prob[sel].tolist(), mode="markers", name=name,
-                         marker=dict(color=color, size=5, symbol=symbol, opacity=0.7)),
+            go.Scattergl(x=r[sel].tolist(), y=prob[sel].tolist(), mode="markers",
+                         name=f"{name} ({n})",
+                         marker=dict(color=color, size=7, symbol=symbol, opacity=0.8,
+                                     line=dict(width=1.5, color=color))),
             1, 2,
         )  # fmt: skip
     for x in (c_low, c_high):
         fig.add_vline(x=x, line_dash="dot", row=1, col=2)
-    fig.update_xaxes(title_text="r = pi / pi_rollout", type="log", row=1, col=2)
+    fig.update_xaxes(title_text="r = pi / pi_rollout (log scale)", type="log", row=1, col=2)
     fig.update_yaxes(title_text="pi(y_t)", row=1, col=2)
-    fig.update_yaxes(range=[0, 1], row=1, col=1)
+    fig.update_yaxes(title_text="share of the loss", range=[0, 1], row=1, col=1)
     fig.update_layout(
         height=420, title=f"measure: {contribution}, pi_rollout weight: {rollout_weight}"
     )

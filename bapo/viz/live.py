@@ -8,15 +8,23 @@ import math
 from collections.abc import Callable
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from bapo.viz.report import REPORT_METRICS, arm_style, compare_figure
+from bapo.viz.report import REPORT_METRICS, arm_style, compare_figure, hover_template, panel_grid
 
 DASHBOARD_METRICS = REPORT_METRICS
 
 
 class LiveDashboard:
-    def __init__(self, metrics=DASHBOARD_METRICS, cols: int = 3, live: bool = True):
+    """Panels of training metrics that grow as steps finish.
+
+    The panels (titles, axis titles with units, the ``rho0`` line) are drawn before the first
+    step; ``steps`` fixes the x axis to the run's length so the lines grow into it.  Hover text
+    comes from :mod:`bapo.glossary`.
+    """
+
+    def __init__(
+        self, metrics=DASHBOARD_METRICS, cols: int = 3, live: bool = True, steps: int | None = None
+    ):
         self.metrics = list(metrics)
         self.cols = cols
         self.runs: dict[str, list[dict]] = {}
@@ -24,9 +32,9 @@ class LiveDashboard:
         self._traces: dict[tuple[str, str], int] = {}
         if live:
             try:
-                rows = math.ceil(len(self.metrics) / cols)
-                base = make_subplots(rows=rows, cols=cols, subplot_titles=[t for _, t in metrics])
-                base.update_layout(height=260 * rows)
+                base = panel_grid(self.metrics, cols)
+                if steps:
+                    base.update_xaxes(range=[0, steps])
                 self.widget = go.FigureWidget(base)
             except Exception:  # no widget support here: stay static
                 self.widget = None
@@ -48,7 +56,8 @@ class LiveDashboard:
             for i, (key, _t) in enumerate(self.metrics):
                 self.widget.add_trace(
                     go.Scatter(x=[], y=[], name=run, legendgroup=run, showlegend=i == 0,
-                               line=dict(color=color, dash=dash)),
+                               line=dict(color=color, dash=dash),
+                               hovertemplate=hover_template(run, key)),
                     row=i // self.cols + 1, col=i % self.cols + 1,
                 )  # fmt: skip
                 self._traces[(run, key)] = len(self.widget.data) - 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from bapo.glossary import describe
 from bapo.loss import BAPOConfig
 
 # (metric, panel title) in the order the report shows them
@@ -60,15 +61,70 @@ def arm_style(name: str, index: int = 0) -> tuple[str, str]:
     return color, dash
 
 
-def metric_band(runs: list[list[dict]], key: str):
-    """Per step: mean, min and max of ``key`` over runs (seeds).  Steps missing in a run are
-    skipped for that run."""
+def _hover_line(key: str, width: int = 60) -> str:
+    """The glossary's meaning of ``key``, wrapped for a hover box (``key`` itself if unknown)."""
+    try:
+        e = describe(key)
+    except KeyError:
+        return key
+    words, lines, line = f"{key}: {e.meaning} [{e.unit}]".split(), [], ""
+    for w in words:
+        if line and len(line) + len(w) + 1 > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}" if line else w
+    return "<br>".join([*lines, line])
+
+
+X_AXES = {"step": "step", "updates": "optimizer updates"}
+
+
+def panel_grid(metrics, cols: int, title: str = "", x: str = "step") -> go.Figure:
+    """The empty panels of :func:`compare_figure`: titles, axis titles with units, the ``rho0``
+    line.  The live dashboard starts from it, so its axes are there before the first step."""
+    if x not in X_AXES:
+        raise ValueError(f"x={x!r} is not allowed: use 'step' or 'updates'")
+    rows = math.ceil(len(metrics) / cols)
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=[t for _, t in metrics],
+        vertical_spacing=min(0.5 / rows, 0.14), horizontal_spacing=0.09,
+    )  # fmt: skip
+    for i, (key, _t) in enumerate(metrics):
+        row, col = i // cols + 1, i % cols + 1
+        fig.update_xaxes(title_text=X_AXES[x], title_standoff=4, row=row, col=col)
+        fig.update_yaxes(title_text=AXIS_TITLES.get(key, ""), row=row, col=col)
+        if key == "bapo/rho":  # the paper's target share rho0
+            fig.add_hline(y=BAPOConfig.rho0, line_dash="dash", annotation_text="rho0",
+                          exclude_empty_subplots=False, row=row, col=col)  # fmt: skip
+    fig.update_annotations(font_size=13)  # subplot titles that fit three to a notebook row
+    fig.update_layout(height=250 * rows + 40, title=title or None,
+                      margin=dict(t=60 if title else 40, b=30, l=60, r=20))  # fmt: skip
+    return fig
+
+
+def _x_values(records: list[dict], x: str) -> list[float]:
+    """Each record's position: its step, or the optimizer updates made by the end of it."""
+    if x == "step":
+        return [int(r["step"]) for r in records]
+    if x != "updates":
+        raise ValueError(f"x={x!r} is not allowed: use 'step' or 'updates'")
+    total, out = 0, []
+    for r in records:
+        total += int(r.get("offpolicy/updates", 1))
+        out.append(total)
+    return out
+
+
+def metric_band(runs: list[list[dict]], key: str, x: str = "step"):
+    """Per step (or per update count, ``x="updates"``): mean, min and max of ``key`` over runs
+    (seeds).  Positions missing in a run are skipped for that run."""
     by_step: dict[int, list[float]] = {}
     for records in runs:
-        for r in records:
+        for pos, r in zip(_x_values(records, x), records):
             v = r.get(key)
             if isinstance(v, (int, float)) and math.isfinite(v):
-                by_step.setdefault(int(r["step"]), []).append(float(v))
+                by_step.setdefault(pos, []).append(float(v))
     steps = sorted(by_step)
     mean = [sum(by_step[s]) / len(by_step[s]) for s in steps]
     lo = [min(by_step[s]) for s in steps]
@@ -77,15 +133,21 @@ def metric_band(runs: list[list[dict]], key: str):
 
 
 def compare_figure(
-    runs: dict[str, list[list[dict]]], metrics=REPORT_METRICS, cols: int = 3, title: str = ""
+    runs: dict[str, list[list[dict]]],
+    metrics=REPORT_METRICS,
+    cols: int = 3,
+    title: str = "",
+    x: str = "step",
 ) -> go.Figure:
-    """One panel per metric; per algorithm the mean over seeds and a min-max band."""
-    rows = math.ceil(len(metrics) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for _, t in metrics])
+    """One panel per metric; per algorithm the mean over seeds and a min-max band.
+
+    ``x="updates"`` puts runs on one axis of optimizer updates: the axis on which staleness
+    levels matched by updates line up (a staleness-4 step makes 4 updates)."""
+    fig = panel_grid(metrics, cols, title, x)
     for a, (algo, seeds) in enumerate(runs.items()):
         color, dash = arm_style(algo, a)
         for i, (key, _t) in enumerate(metrics):
-            steps, mean, lo, hi = metric_band(seeds, key)
+            steps, mean, lo, hi = metric_band(seeds, key, x)
             if not steps:
                 continue
             row, col = i // cols + 1, i % cols + 1
@@ -98,18 +160,17 @@ def compare_figure(
                 )  # fmt: skip
             fig.add_trace(
                 go.Scatter(x=steps, y=mean, name=algo, line=dict(color=color, dash=dash),
-                           legendgroup=algo, showlegend=i == 0),
+                           legendgroup=algo, showlegend=i == 0,
+                           hovertemplate=hover_template(algo, key, len(seeds))),
                 row, col,
             )  # fmt: skip
-    for i, (key, _t) in enumerate(metrics):
-        row, col = i // cols + 1, i % cols + 1
-        fig.update_xaxes(title_text="step", row=row, col=col)
-        fig.update_yaxes(title_text=AXIS_TITLES.get(key, ""), row=row, col=col)
-        if key == "bapo/rho":  # the paper's target share rho0
-            fig.add_hline(y=BAPOConfig.rho0, line_dash="dash", annotation_text="rho0",
-                          row=i // cols + 1, col=i % cols + 1)  # fmt: skip
-    fig.update_layout(height=280 * rows, title=title or None, margin=dict(t=60, b=30))
     return fig
+
+
+def hover_template(arm: str, key: str, seeds: int = 1) -> str:
+    """Hover text of a metric line: the arm, step and value, then the glossary's meaning."""
+    what = f"mean of {seeds} seeds" if seeds > 1 else "value"
+    return f"<b>{arm}</b> at %{{x}}: {what} %{{y:.4g}}<br>{_hover_line(key)}<extra></extra>"
 
 
 SUMMARY_COLUMNS = [  # (row key, metric, steps averaged per seed: 0 = all, header)
@@ -174,18 +235,45 @@ def format_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def panel_legend(metrics) -> str:
+    """An HTML list: each panel's title and what its metric means (from :mod:`bapo.glossary`)."""
+    import html as _html
+
+    items = []
+    for key, title in metrics:
+        try:
+            e = describe(key)
+            text = f"{e.meaning} [{e.unit}]"
+        except KeyError:
+            text = key
+        items.append(
+            f"<li><b>{_html.escape(title)}</b> (<code>{key}</code>): {_html.escape(text)}</li>"
+        )
+    return "<ul style='font-size:90%'>" + "".join(items) + "</ul>"
+
+
 def write_report(
-    runs: dict[str, list[list[dict]]], path: str | Path, title: str, notes: str = ""
+    runs: dict[str, list[list[dict]]],
+    path: str | Path,
+    title: str,
+    notes: str = "",
+    x: str = "step",
 ) -> Path:
-    """A single HTML file (plotly.js inlined) with the comparison figure and the summary table."""
+    """A single HTML file (plotly.js inlined) with the comparison figure and the summary table.
+
+    ``x="updates"`` when the arms differ in staleness (see :func:`compare_figure`)."""
     path = Path(path)
-    fig = compare_figure(runs, title=title)
+    fig = compare_figure(runs, title=title, x=x)
     table = format_summary(summary_rows(runs))
     body = fig.to_html(full_html=False, include_plotlyjs=True)
     html = (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{title}</title></head><body style='font-family:sans-serif'>"
-        f"<h2>{title}</h2><pre>{table}</pre><p>{notes}</p>{body}</body></html>"
+        f"<title>{title}</title></head><body style='font-family:sans-serif;max-width:1200px'>"
+        f"<h2>{title}</h2><pre>{table}</pre><p>{notes}</p>{body}"
+        f"<h3>What each panel shows</h3>{panel_legend(REPORT_METRICS)}"
+        "<p>Lines are means over seeds; shaded bands span the lowest to the highest seed. Hover"
+        " over a line for its value and meaning. Every metric is defined in docs/glossary.md.</p>"
+        "</body></html>"
     )
     path.write_text(html)
     return path

@@ -26,6 +26,7 @@ from bapo.theory import (
     stale_logits,
     toy_policy,
 )
+from bapo.viz.report import ALGO_STYLE
 
 __all__ = [
     "ClipRuleView",
@@ -38,11 +39,13 @@ __all__ = [
 ]
 
 LOWERS, RAISES, CLIPPED = "#d62728", "#1f77b4", "#b0b0b0"  # dH < 0, dH > 0, X = 0
-RULE_COLOURS = {
-    "GRPO [0.8, 1.2]": "#636efa",
-    "clip-higher [0.8, 1.28]": "#ef553b",
-    "BAPO": "#00a67e",
+# the package's one colour (and dash) per algorithm, as in every other figure (viz.report)
+RULE_STYLE = {
+    "GRPO [0.8, 1.2]": ALGO_STYLE["grpo"],
+    "clip-higher [0.8, 1.28]": ALGO_STYLE["clip-higher"],
+    "BAPO": ALGO_STYLE["bapo"],
 }
+NOISE = 1e-12  # |dH| below this is float round-off (staleness 1: exactly 0 up to 1e-16)
 
 
 def _sign_colour(values: torch.Tensor, keep: torch.Tensor) -> list[str]:
@@ -190,7 +193,7 @@ def clip_rule_view(
         for n, r, v, k in zip(names, ratio.tolist(), a.tolist(), keep.tolist())
     ]
     fig.add_trace(
-        go.Bar(x=names, y=ratio.tolist(), marker_color=bar_colour, name="r (green A>0, purple A<0)",
+        go.Bar(x=names, y=ratio.tolist(), marker_color=bar_colour, name="r", showlegend=False,
                hovertext=hover, hoverinfo="text"),
         1, 1,
     )  # fmt: skip
@@ -199,12 +202,29 @@ def clip_rule_view(
     fig.add_trace(
         go.Bar(x=names, y=dec.delta_h[order].tolist(),
                marker_color=_sign_colour(dec.delta_h[order], keep), name="dH(y_s)",
+               showlegend=False,
                hovertext=[q for q in np.array(dec.quadrants)[order.numpy()]], hoverinfo="text+y"),
         1, 2,
     )  # fmt: skip
+    # a legend for the colours (the bars themselves stay out of it)
+    for label, colour in (
+        ("r: A > 0, kept", "#2ca02c"),
+        ("r: A < 0, kept", "#9467bd"),
+        ("clipped (X = 0)", CLIPPED),
+        ("dH > 0 (raises entropy)", RAISES),
+        ("dH < 0 (lowers entropy)", LOWERS),
+    ):
+        fig.add_trace(go.Bar(x=[None], y=[None], marker_color=colour, name=label,
+                             showlegend=True), 1, 1)  # fmt: skip
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="c_low, c_high",
+                             line=dict(dash="dash", color="black")), 1, 1)  # fmt: skip
     fig.update_yaxes(range=[min(0.5, c_low - 0.1), max(1.5, c_high + 0.1)], row=1, col=1)
+    fig.update_yaxes(title_text="r", row=1, col=1)
+    fig.update_yaxes(title_text="nats", row=1, col=2)
+    fig.update_xaxes(title_text="token (most probable under pi_rollout first)", row=1, col=1)
+    fig.update_xaxes(title_text="token", row=1, col=2)
     fig.update_layout(
-        height=380, showlegend=False, bargap=0.15,
+        height=430, bargap=0.15, legend=dict(orientation="h", y=-0.3),
         title=f"[c_low, c_high] = [{c_low:.2f}, {c_high:.2f}], epoch {staleness} on the same data",
     )  # fmt: skip
     return ClipRuleView(
@@ -298,16 +318,18 @@ def simulation_figure(results: dict[tuple[str, int], list[SimResult]]) -> go.Fig
 
     Lines are means over the seeds.  The last row is the running sum of ``dh_clip_effect``: above
     0, clipping kept entropy up (it held back entropy-lowering updates); below 0, it held back
-    entropy-raising ones, the paper's account of entropy collapse in LLMs.
+    entropy-raising ones, the paper's account of entropy collapse in LLMs.  Each row shares one
+    y axis across staleness levels, and values under 1e-12 (round-off: nothing is clipped at
+    staleness 1) are drawn as 0, so no panel magnifies float noise.
     """
     stalenesses = sorted({e for _, e in results})
     rules = list(dict.fromkeys(name for name, _ in results))
     fig = make_subplots(
-        rows=3, cols=len(stalenesses), shared_xaxes=True, vertical_spacing=0.07,
+        rows=3, cols=len(stalenesses), shared_xaxes=True, shared_yaxes=True, vertical_spacing=0.07,
         subplot_titles=[f"staleness {e}" for e in stalenesses],
     )  # fmt: skip
-    palette = iter(["#ab63fa", "#ffa15a", "#19d3f3", "#ff6692"])
-    colours = {r: RULE_COLOURS.get(r) or next(palette) for r in rules}
+    palette = iter([("#d62728", "dot"), ("#8c564b", "dashdot"), ("#e377c2", "dot")])
+    styles = {r: RULE_STYLE.get(r) or next(palette) for r in rules}
     for col, e in enumerate(stalenesses, start=1):
         for rule in rules:
             runs = results.get((rule, e))
@@ -318,14 +340,16 @@ def simulation_figure(results: dict[tuple[str, int], list[SimResult]]) -> go.Fig
                 _mean(runs, "reward"),
                 np.concatenate([[0.0], np.cumsum(_mean(runs, "dh_clip_effect"))]),
             )
+            series = (*series[:2], np.where(np.abs(series[2]) < NOISE, 0.0, series[2]))
             for row, y in enumerate(series, start=1):
                 fig.add_trace(
                     go.Scatter(y=y, mode="lines", name=rule, legendgroup=rule,
                                showlegend=(row == 1 and col == 1),
-                               line=dict(color=colours[rule], width=2)),
+                               line=dict(color=styles[rule][0], dash=styles[rule][1], width=2)),
                     row, col,
                 )  # fmt: skip
-    for row, label in enumerate(("entropy H", "expected reward", "dH held back by clip"), 1):
+    labels = ("entropy H (nats)", "expected reward", "dH held back by clip (nats)")
+    for row, label in enumerate(labels, 1):
         fig.update_yaxes(title_text=label, row=row, col=1)
     for col in range(1, len(stalenesses) + 1):
         fig.update_xaxes(title_text="update step", row=3, col=col)
