@@ -9,7 +9,13 @@ EXTRAS ?= notebooks,dev,math,trl
 # dependencies, which compile llama-cpp-python from source and are not used.  SMOL=0 skips it.
 SMOL   ?= 1
 
-.PHONY: demo walkthrough test lint bench clean venv gpu-check-cpu lab
+# The verl plugin against verl itself: a second virtualenv (verl pins transformers below the
+# project's), verl 0.9.1 with the CPU torch pinned in the same pip call.
+VERL_VENV ?= .venv-verl
+VERL_PY   := $(VERL_VENV)/bin/python
+VERL      ?= verl==0.9.1
+
+.PHONY: demo walkthrough test test-verl lint bench clean venv gpu-check-cpu lab
 
 # One model cache for demo, lab (the notebooks) and tests: the embedded models are built or
 # copied once per clone.  Set BAPO_CACHE to share one elsewhere.
@@ -52,8 +58,19 @@ test: venv lint
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks/
 
+$(VERL_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_PY) -m pip install -q --upgrade pip
+	nice -n 10 $(VERL_PY) -m pip install -q "$(TORCH)" "$(VERL)" "pytest>=8.0" -e .
+	touch $@
+
+# Registration through verl's entry point and opt-out variables, get_policy_loss_fn with
+# verl's ActorConfig, agreement with verl's `vanilla` loss, verl's ppo_loss call site.
+test-verl: $(VERL_VENV)/.installed
+	$(VERL_PY) -m pytest -q -p no:cacheprovider tests/with_verl tests/test_verl_integration.py
+
 bench: venv
 	$(PY) bench/bench_loss.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VERL_VENV) runs .pytest_cache .ruff_cache

@@ -524,7 +524,7 @@ def _clip_fractions_unmasked(log_probs, old_log_probs, adv, mask, c_low, c_high)
 
 def _clip_fractions_signless(log_probs, old_log_probs, adv, mask, c_low, c_high):
     r = torch.exp(log_probs - old_log_probs)[mask]
-    return (float((r >= c_high).double().mean()), float((r <= c_low).double().mean()))
+    return (float((r > c_high).double().mean()), float((r < c_low).double().mean()))
 
 
 def _kl_case(gen) -> dict:
@@ -642,12 +642,12 @@ EXERCISES: dict[str, Exercise] = {
             "clip_indicator(ratio, adv, c_low, c_high) -> bool tensor",
             _indicator,
             _token_case,
-            "X = 0 for A > 0 with r >= c_high and for A < 0 with r <= c_low; X = 1 elsewhere",
+            "X = 0 for A > 0 with r > c_high and for A < 0 with r < c_low; X = 1 elsewhere",
             (
                 (
                     "the sign of A matters: a positive token below c_low keeps its gradient "
                     "(the min picks r * A there), and so does a negative token above c_high",
-                    lambda ratio, c_low, c_high, **_: (ratio > c_low) & (ratio < c_high),
+                    lambda ratio, c_low, c_high, **_: (ratio >= c_low) & (ratio <= c_high),
                 ),
                 (
                     "inverted: X is 1 for the tokens that KEEP their gradient",
@@ -754,7 +754,7 @@ EXERCISES: dict[str, Exercise] = {
             "clip_fractions(log_probs, old_log_probs, adv, mask, c_low, c_high) -> (high, low)",
             _clip_fractions,
             _masked_case,
-            "high: A > 0 and r >= c_high; low: A < 0 and r <= c_low; each as a fraction of the "
+            "high: A > 0 and r > c_high; low: A < 0 and r < c_low; each as a fraction of the "
             "masked (real) tokens",
             (
                 (

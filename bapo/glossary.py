@@ -198,15 +198,19 @@ METRICS: dict[str, Entry] = _table([
      "Grid steps Algorithm 1 took from (a-, a+) to the bounds it chose (lines 10-16); 0 for a"
      " fixed clip",
      "count", UPDATE),
+    ("bapo/search_skipped",
+     "1 when no token could be clipped at any grid point (e.g. every ratio 1, on-policy), so"
+     " Algorithm 1 stayed at (a-, a+); else 0 (and 0 for a fixed clip)",
+     "flag (0/1)", UPDATE),
     # --- clipping (Eq. 7) -------------------------------------------------------------------
     ("clip/high_frac",
-     "Share of the mini-batch's tokens with A > 0 and r >= c_high: clipped, X = 0 (Eq. 7)",
+     "Share of the mini-batch's tokens with A > 0 and r > c_high: clipped, X = 0 (Eq. 7)",
      SHARE_TOKENS, UPDATE),
     ("clip/low_frac",
-     "Share of the mini-batch's tokens with A < 0 and r <= c_low: clipped, X = 0 (Eq. 7)",
+     "Share of the mini-batch's tokens with A < 0 and r < c_low: clipped, X = 0 (Eq. 7)",
      SHARE_TOKENS, UPDATE),
     ("clip/dual_frac",
-     "Share of the mini-batch's tokens with A < 0 and r >= the dual clip c (0 without one)",
+     "Share of the mini-batch's tokens with A < 0 and r > the dual clip c (0 without one)",
      SHARE_TOKENS, UPDATE),
     ("clip/frac",
      "Share of the mini-batch's tokens with X = 0 (Eq. 7), which carry no gradient:"
@@ -307,20 +311,20 @@ SYMBOLS: dict[str, Entry] = _table([
      "PPO's clip width in Eq. 4: c_low = 1 - eps, c_high = 1 + eps (GRPO: 0.2)",
      "ratio", "FixedClip"),
     ("c_low",
-     "Lower clip bound on r in Eq. 4's clip(r, c_low, c_high): a negative token with r <= c_low is"
+     "Lower clip bound on r in Eq. 4's clip(r, c_low, c_high): a negative token with r < c_low is"
      " clipped; BAPO chooses it per update in [a-, b-] (Algorithm 1)",
      "ratio", "bapo/c_low; FixedClip, Bounds"),
     ("c_high",
-     "Upper clip bound on r in Eq. 4: a positive token with r >= c_high is clipped; BAPO chooses"
+     "Upper clip bound on r in Eq. 4: a positive token with r > c_high is clipped; BAPO chooses"
      " it per update in [a+, b+] (Algorithm 1)",
      "ratio", "bapo/c_high; FixedClip, Bounds"),
     ("dual_clip",
-     "Dual clip c: a negative token with r >= c is clipped too (X = 0), capping its loss at"
+     "Dual clip c: a negative token with r > c is clipped too (X = 0), capping its loss at"
      " |A| * c; off by default, 3.0 in bapo-official (algo.dual_clip)",
      "ratio", "algo.dual_clip; clip/dual_frac"),
     ("X",
-     "Clip indicator of Eq. 7: 1 while a token keeps its gradient (A > 0 and r < c_high, or"
-     " A < 0 and r > c_low, below any dual clip), 0 once clipped",
+     "Clip indicator of Eq. 7: 1 while a token keeps its gradient (A > 0 and r <= c_high, or"
+     " A < 0 and r >= c_low, up to any dual clip), 0 once clipped",
      "0 or 1", "bapo.loss.clip_regions; clip/*"),
     ("H",
      "Entropy -sum_y pi(y) log pi(y) of the next-token distribution; by Eq. 6 (the Entropy-Clip"
@@ -375,8 +379,8 @@ SYMBOLS: dict[str, Entry] = _table([
      "Mean of (r - 1) - log r: the k3 estimate of KL(pi_rollout || pi_theta), >= 0",
      "nats", "policy/approx_kl"),
     ("clip_frac",
-     "Clip fractions: shares of tokens with X = 0 (Eq. 7), split into high (A > 0, r >= c_high),"
-     " low (A < 0, r <= c_low) and dual (A < 0, r >= c)",
+     "Clip fractions: shares of tokens with X = 0 (Eq. 7), split into high (A > 0, r > c_high),"
+     " low (A < 0, r < c_low) and dual (A < 0, r > c)",
      SHARE_TOKENS, "clip/*"),
     ("ages",
      "A token's age: current policy version minus the version that generated it; a sample's age"

@@ -36,16 +36,32 @@ different quantity that favours confident tokens ("Eq. 8 read literally over sam
 ``tests/test_loss.py`` shows on a vocabulary where the sum is exact that the plain estimate
 converges to Eq. 8 and the weighted one does not.
 
-The ``"gradient"`` measure is this toolkit's reading of Eq. 8: as typeset, Eq. 8 measures loss
-*values* (``min(r*A, clip(r)*A)`` summed over positive and over negative tokens, with absolute
-values around the signed sums), which is the ``"value"`` measure.
+What Eq. 8 prints (page 6)::
+
+    | sum_{A_t > 0} pi_rollout(y_t) * min(r_t*A_t, clip(r_t, 0, c_high)*A_t) |
+    ------------------------------------------------------------------------------  >=  rho0
+    | sum_{A_t}     pi_rollout(y_t) * min(r_t*A_t, clip(r_t, c_low, c_high)*A_t) |
+
+loss *values*, with absolute values around *signed* sums, the numerator over positive tokens
+only.  Read to the letter, positive and negative terms would cancel inside the denominator's
+``|.|`` and the quotient could exceed 1.  Both measures here (and the authors' code, whose target
+is ``pos / |neg|``) instead compare the *magnitudes* ``pos`` and ``neg`` of the positive and the
+negative sums: ``rho = pos / (pos + neg)``.  ``"value"`` keeps Eq. 8's loss values; ``"gradient"``
+is this toolkit's reading of what those values stand for (the share of the gradient).
+
+**Boundary convention.** A ratio exactly equal to a bound is *not* clipped: ``A > 0`` is
+clipped where ``r > c_high``, ``A < 0`` where ``r < c_low`` (or ``r > dual_clip``).  That is
+what ``torch.clamp`` + ``min`` give in verl, TRL and the authors' code (``clamp`` passes the
+gradient at its bounds, so a tie keeps the full gradient), and :func:`clip_regions`, the loss,
+the clip counters and the search all use it.  One exception on the framework side: at exactly
+``r = dual_clip`` verl's ``torch.min`` of two equal values splits the gradient in half.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
@@ -90,8 +106,9 @@ def _check_range(name: str, value: float, lo: float, hi: float, *, lo_open=False
 class FixedClip:
     """Fixed bounds on the importance ratio ``r``: Eq. 4 with ``c_low=1-eps``, ``c_high=1+eps``.
 
-    ``dual_clip`` (optional, > 1) also clips negative-advantage tokens whose ratio reaches it
-    (dual-clip PPO), which bounds the loss of a negative token at ``|A| * dual_clip``.
+    ``dual_clip`` (optional, > 1, hence > ``c_low``) also clips negative-advantage tokens whose
+    ratio exceeds it (dual-clip PPO), which bounds the loss of a negative token at
+    ``|A| * dual_clip``.  It acts on negative tokens only, so it may lie below ``c_high``.
     """
 
     c_low: float = 0.8
@@ -102,7 +119,7 @@ class FixedClip:
         _check_range("c_low", self.c_low, 0.0, 1.0, lo_open=True)
         _check_range("c_high", self.c_high, 1.0, math.inf, hi_open=True)
         if self.dual_clip is not None:
-            _check_range("dual_clip", self.dual_clip, max(1.0, self.c_high), math.inf, lo_open=True)
+            _check_range("dual_clip", self.dual_clip, 1.0, math.inf, lo_open=True, hi_open=True)
 
     @classmethod
     def grpo(cls) -> FixedClip:
@@ -119,11 +136,14 @@ class FixedClip:
 class BAPOConfig:
     """Hyper-parameters of BAPO's adaptive clipping (Algorithm 1, Section 5.1).
 
-    The bounds move on the grids ``c_low = a_minus + k*delta2`` (up to ``b_minus``) and
-    ``c_high = a_plus + k*delta1`` (up to ``b_plus``), ``k`` an integer: no float drift builds up.
+    The bounds move on the grids ``c_low = a_minus + k*delta2`` and ``c_high = a_plus + k*delta1``
+    (``k`` an integer: no float drift builds up), each ending at its maximum: where the step does
+    not divide the range, the last step is ``min(c + delta, b)`` as in the authors' code (lower
+    0.8 to 0.95 step 0.1 visits 0.8, 0.9, 0.95).
 
-    * ``order="paper"``: Algorithm 1 - while ``rho < rho0`` and ``c_low + delta2 <= b_minus``,
-      raise ``c_high`` by ``delta1`` if that stays ``<= b_plus``, else ``c_low`` by ``delta2``.
+    * ``order="paper"``: Algorithm 1 - while ``rho < rho0`` and ``c_low`` is below ``b_minus``
+      (line 10's ``c_low + delta2 <= b_minus`` on a range the step divides), raise ``c_high``
+      by ``delta1`` while it is below ``b_plus``, else ``c_low`` by ``delta2``.
     * ``order="official"``: the authors' public verl code - raise ``c_low`` to ``b_minus`` first,
       then ``c_high`` to ``b_plus``, stopping as soon as the target is met.
     * ``contribution``: ``"gradient"`` or ``"value"`` (see the module docstring).
@@ -133,7 +153,8 @@ class BAPOConfig:
     * ``rollout_weight``: weight each sampled token once more by ``pi_rollout(y_t)`` (Eq. 8 read
       literally over sampled tokens).  Off by default: the plain sum over sampled tokens is the
       estimate of Eq. 8's expectation, as in the public code (see the module docstring).
-    * ``dual_clip``: also clip negative tokens at ``r >= dual_clip`` (public code: 3.0).
+    * ``dual_clip``: also clip negative tokens at ``r > dual_clip`` (public code: 3.0); it
+      needs only exceed 1 (and so ``c_low``), not ``b_plus``: it acts on negative tokens only.
     """
 
     rho0: float = 0.4
@@ -171,7 +192,7 @@ class BAPOConfig:
         if not isinstance(self.rollout_weight, bool):
             raise ValueError(f"rollout_weight={self.rollout_weight!r} must be True or False")
         if self.dual_clip is not None:
-            _check_range("dual_clip", self.dual_clip, max(1.0, self.b_plus), math.inf, lo_open=True)
+            _check_range("dual_clip", self.dual_clip, 1.0, math.inf, lo_open=True, hi_open=True)
 
     @classmethod
     def paper(cls, **overrides) -> BAPOConfig:
@@ -203,21 +224,22 @@ class BAPOConfig:
     # --- the bound grids ----------------------------------------------------------------------
     @property
     def n_low(self) -> int:
-        """Number of ``delta2`` steps that fit in ``[a_minus, b_minus]``."""
+        """Number of ``delta2`` steps from ``a_minus`` to ``b_minus`` (the last may be shorter)."""
         return _n_steps(self.a_minus, self.b_minus, self.delta2)
 
     @property
     def n_high(self) -> int:
-        """Number of ``delta1`` steps that fit in ``[a_plus, b_plus]``."""
+        """Number of ``delta1`` steps from ``a_plus`` to ``b_plus`` (the last may be shorter)."""
         return _n_steps(self.a_plus, self.b_plus, self.delta1)
 
     def c_low_at(self, k: int) -> float:
-        """``a_minus + k*delta2``, rounded to 10 decimals so 0.6 + 15*0.02 reads 0.9."""
-        return round(self.a_minus + k * self.delta2, 10)
+        """``a_minus + k*delta2`` rounded to 10 decimals (0.6 + 15*0.02 reads 0.9), and
+        ``b_minus`` at the last grid point."""
+        return _grid_at(self.a_minus, self.b_minus, self.delta2, k, self.n_low)
 
     def c_high_at(self, k: int) -> float:
-        """``a_plus + k*delta1``, rounded to 10 decimals."""
-        return round(self.a_plus + k * self.delta1, 10)
+        """``a_plus + k*delta1`` rounded to 10 decimals, and ``b_plus`` at the last grid point."""
+        return _grid_at(self.a_plus, self.b_plus, self.delta1, k, self.n_high)
 
     def path(self) -> list[tuple[int, int]]:
         """Grid indices ``(k_low, k_high)`` that Algorithm 1 visits if the target is never met."""
@@ -225,7 +247,24 @@ class BAPOConfig:
 
 
 def _n_steps(a: float, b: float, delta: float) -> int:
-    return int(math.floor((b - a) / delta + 1e-9))
+    q = (b - a) / delta
+    near = round(q)
+    return int(near) if abs(q - near) <= 1e-9 * max(1.0, q) else int(math.ceil(q))
+
+
+@lru_cache(maxsize=64)
+def _grid(a: float, b: float, delta: float) -> tuple[float, ...]:
+    """Every point of a bound grid, ``a`` to ``b`` (cached: the search builds it per call)."""
+    n = _n_steps(a, b, delta)
+    return tuple(_grid_at(a, b, delta, k, n) for k in range(n + 1))
+
+
+def _grid_at(a: float, b: float, delta: float, k: int, n: int) -> float:
+    """Grid point ``k`` of ``a, a + delta, ..., b``: exact ``a + k*delta`` below the top, ``b`` at it
+    (the authors' ``min(c + delta, b)``)."""
+    if not 0 <= k <= n:
+        raise ValueError(f"grid index k={k} is out of range: allowed [0, {n}]")
+    return float(b) if k == n else min(round(a + k * delta, 10), float(b))
 
 
 @lru_cache(maxsize=64)
@@ -267,17 +306,18 @@ def clip_regions(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The clipped tokens of Eq. 7, as three boolean tensors ``(high, low, dual)``.
 
-    ``high``: ``A > 0`` and ``r >= c_high``; ``low``: ``A < 0`` and ``r <= c_low``; ``dual``:
-    ``A < 0`` and ``r >= dual_clip``.  ``X(y) = 1`` exactly where none of them holds: these are
-    the tokens whose gradient :func:`policy_loss` keeps.
+    ``high``: ``A > 0`` and ``r > c_high``; ``low``: ``A < 0`` and ``r < c_low``; ``dual``:
+    ``A < 0`` and ``r > dual_clip``.  ``X(y) = 1`` exactly where none of them holds: these are
+    the tokens whose gradient :func:`policy_loss` keeps.  A ratio equal to a bound is unclipped,
+    as ``torch.clamp`` treats it in verl and TRL (see the module docstring).
     """
     pos, neg = advantages > 0, advantages < 0
-    high = pos & (ratio >= c_high)
-    low = neg & (ratio <= c_low)
+    high = pos & (ratio > c_high)
+    low = neg & (ratio < c_low)
     if dual_clip is None:
         dual = torch.zeros_like(high)
     else:
-        dual = neg & (ratio >= dual_clip)
+        dual = neg & (ratio > dual_clip)
     return high, low, dual
 
 
@@ -353,6 +393,7 @@ class Bounds:
     c_high: float
     rho: float
     n_steps: int
+    skipped: bool = False  # no token could be clipped at any grid point: stayed at the start
 
 
 @dataclass(frozen=True)
@@ -366,11 +407,14 @@ class SearchPath:
     rho: torch.Tensor  # (P,) positive share
     met: torch.Tensor  # (P,) bool: the target holds here
     stop: int  # index of the chosen point (n_steps)
+    skipped: bool = False  # nothing clippable anywhere on the grid: the search did not run
 
     @property
     def bounds(self) -> Bounds:
         i = self.stop
-        return Bounds(float(self.c_low[i]), float(self.c_high[i]), float(self.rho[i]), i)
+        return Bounds(
+            float(self.c_low[i]), float(self.c_high[i]), float(self.rho[i]), i, self.skipped
+        )
 
 
 def _masked_inputs(log_probs, old_log_probs, advantages, mask):
@@ -402,57 +446,76 @@ def search_path(
     cfg: BAPOConfig,
     *,
     sync_distributed: bool = True,
+    group=None,
 ) -> SearchPath:
     """``rho`` at every point of Algorithm 1's path, computed in one vectorised pass.
 
     Each token's ratio is bucketed once on the ``c_low`` and ``c_high`` grids; the sums of Eq. 8
     at every grid point are then cumulative sums of those buckets.  Under ``torch.distributed``
     the buckets are all-reduced once, so every rank sees the global sums and stops at the same
-    point.  The only host sync is reading the stop index.
+    point.  The only host sync is reading the stop index.  ``group`` is the process group to
+    all-reduce over (the data-parallel group; ``None``: the default group), and
+    ``sync_distributed=False`` keeps the search local.
     """
     advantages, mask = _masked_inputs(log_probs, old_log_probs, advantages, mask)
     ratio = importance_ratio(log_probs, old_log_probs)
     abs_w = _abs_weight(advantages, mask, old_log_probs, cfg.rollout_weight, ratio.dtype)
-    return _search(ratio, advantages, abs_w, cfg, sync_distributed)
+    return _search(ratio, advantages, abs_w, cfg, sync_distributed, group)
 
 
-def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool) -> SearchPath:
-    """Algorithm 1's path from the ratios and ``|A| * w`` (Eq. 8's per-token weight)."""
+def _distributed(sync: bool) -> bool:
+    """True when collectives should run: asked for, and a process group is initialised."""
+    return sync and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _search(
+    ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool, group=None, *, query=None, c64=None
+) -> SearchPath:
+    """Algorithm 1's path from the ratios and ``|A| * w`` (Eq. 8's per-token weight).
+
+    ``query`` (``r * sign(A)``) and ``c64`` (``w * r * |A|`` in float64) may be passed in by a
+    caller that has them (policy_loss shares them with its statistics)."""
     ratio = ratio.reshape(-1)
     adv = advantages.reshape(-1)
     abs_w = abs_w.reshape(-1)
 
     n_low, n_high = cfg.n_low, cfg.n_high
     # exact grid values a + k*delta in float64 (reported, and used by the value measure); the
-    # buckets compare in the ratio's dtype, exactly as `ratio >= c_high` does in the loss
-    h64 = torch.tensor([cfg.c_high_at(k) for k in range(n_high + 1)], dtype=torch.float64)
-    l64 = torch.tensor([cfg.c_low_at(k) for k in range(n_low + 1)], dtype=torch.float64)
+    # buckets compare in the ratio's dtype, exactly as `ratio > c_high` does in the loss
+    h64 = torch.tensor(_grid(cfg.a_plus, cfg.b_plus, cfg.delta1), dtype=torch.float64)
+    l64 = torch.tensor(_grid(cfg.a_minus, cfg.b_minus, cfg.delta2), dtype=torch.float64)
     h64, l64 = h64.to(ratio.device), l64.to(ratio.device)
     # One bucketize serves both signs.  A positive token's query is r on the c_high grid, a
     # negative token's is -r on the mirrored c_low grid (-c_low < 0 < c_high, so the two halves
-    # of the merged grid never mix), and bucketize(right=True) counts grid points <= query:
-    #   A > 0: j_i = #{c_high[j] <= r}; the token is unclipped at c_high[j] iff r < c_high[j]
+    # of the merged grid never mix), and bucketize(right=False) counts grid points < query,
+    # which is the boundary convention of clip_regions (a ratio equal to a bound is unclipped):
+    #   A > 0: j_i = #{c_high[j] < r}; the token is unclipped at c_high[j] iff r <= c_high[j]
     #          iff j >= j_i, so sum_pos[j] is a prefix sum over j_i.
-    #   A < 0: i_i = #{c_low[k] >= r}; the token is unclipped at c_low[k] iff r > c_low[k]
+    #   A < 0: i_i = #{c_low[k] > r}; the token is unclipped at c_low[k] iff r >= c_low[k]
     #          iff i_i <= n_low - k, so sum_neg[k] is a prefix sum up to n_low - k.
-    # Comparisons run in the ratio's dtype, exactly as `ratio >= c_high` does in the loss.
+    # Comparisons run in the ratio's dtype, exactly as `ratio > c_high` does in the loss.
     lo_grid, hi_grid = l64.to(ratio.dtype), h64.to(ratio.dtype)
     grid = torch.cat([-lo_grid.flip(0), hi_grid])
     is_pos = adv > 0
-    query = ratio * adv.sign().to(ratio.dtype)  # r for A > 0, -r for A < 0 (A = 0 weighs 0)
-    bucket = torch.bucketize(query, grid, right=True, out_int32=True)
+    if query is None:  # r for A > 0, -r for A < 0 (A = 0 weighs 0)
+        query = ratio * adv.sign().to(ratio.dtype)
+    bucket = torch.bucketize(query.reshape(-1), grid, right=False, out_int32=True)
     bucket.add_(is_pos)  # positives land in buckets n_low + 2 and up
+    if c64 is None:
+        c64 = (abs_w * ratio).to(torch.float64)  # w*r*|A|: an unclipped token's gradient
+    c64 = c64.reshape(-1)
     # A = 0 tokens weigh nothing.  Under the gradient measure a dual-clipped negative token is
     # clipped at every c_low, so it weighs nothing either.
     if cfg.dual_clip is not None and cfg.contribution == "gradient":
-        abs_w = abs_w.masked_fill_((adv < 0) & (ratio >= cfg.dual_clip), 0.0)
-    parts = [(abs_w * ratio).to(torch.float64)]  # w*r*|A|: an unclipped token's gradient
+        c64 = c64.masked_fill((adv < 0) & (ratio > cfg.dual_clip), 0.0)
+    parts = [c64]
     if cfg.contribution == "value":
         parts.append(abs_w.to(torch.float64))  # w*|A|: times the bound, a clipped token's value
     n_bins = n_low + n_high + 4
     hists = torch.stack([torch.bincount(bucket, weights=p, minlength=n_bins) for p in parts])
-    if sync and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(hists)  # one collective: every rank then picks the same bounds
+    if _distributed(sync):
+        # one collective: every rank then picks the same bounds
+        torch.distributed.all_reduce(hists, group=group)
 
     neg_r, pos_r = hists[0, : n_low + 2], hists[0, n_low + 2 :]
     pos_sum = pos_r.cumsum(0)[: n_high + 1]  # unclipped positive tokens at each c_high
@@ -463,6 +526,12 @@ def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool) -> SearchPath
         pos_sum = pos_sum + h64 * (pos_1.sum() - pos_1.cumsum(0)[: n_high + 1])
         neg_sum = neg_sum + l64 * (neg_1.sum() - neg_1.cumsum(0)[: n_low + 1].flip(0))
     any_signal = hists.sum() > 0
+    # Bucket 0 holds the negative tokens unclipped at every c_low (r >= b_minus), bucket
+    # n_low + 2 the positive ones unclipped at every c_high (r <= a_plus).  With no weight
+    # anywhere else no token can be clipped at any grid point: every point has the same rho,
+    # and the search stays at the start and says so.
+    clippable = hists[:, 1 : n_low + 2].sum() + hists[:, n_low + 3 :].sum()
+    skipped = ~(clippable > 0)
 
     k_low_t, k_high_t = _path_indices(cfg.order, n_low, n_high)
     k_low = torch.tensor(k_low_t, device=ratio.device)
@@ -477,7 +546,8 @@ def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool) -> SearchPath
     first = torch.argmax(met.to(torch.int8))
     last = torch.tensor(len(k_low_t) - 1, device=ratio.device)
     stop = torch.where(met.any(), first, last)
-    stop = int(torch.where(any_signal, stop, torch.zeros_like(stop)))  # the one host sync
+    stop = torch.where(any_signal & ~skipped, stop, torch.zeros_like(stop))
+    stop, skipped = torch.stack([stop, skipped.to(stop.dtype)]).tolist()  # the one host sync
     return SearchPath(
         c_low=l64[k_low],
         c_high=h64[k_high],
@@ -486,6 +556,7 @@ def _search(ratio, advantages, abs_w, cfg: BAPOConfig, sync: bool) -> SearchPath
         rho=share(pos, neg),
         met=met,
         stop=stop,
+        skipped=bool(skipped),
     )
 
 
@@ -497,6 +568,7 @@ def search_bounds(
     cfg: BAPOConfig,
     *,
     sync_distributed: bool = True,
+    group=None,
 ) -> Bounds:
     """Algorithm 1 (lines 8-17): the clipping bounds BAPO uses for one update step.
 
@@ -506,8 +578,9 @@ def search_bounds(
     number of steps taken.
     """
     path = search_path(
-        log_probs, old_log_probs, advantages, mask, cfg, sync_distributed=sync_distributed
-    )
+        log_probs, old_log_probs, advantages, mask, cfg, sync_distributed=sync_distributed,
+        group=group,
+    )  # fmt: skip
     return path.bounds
 
 
@@ -524,9 +597,10 @@ class LossStats:
     rho_gradient: float  # ... under the gradient measure
     rho_value: float  # ... under the loss-value measure
     n_steps: int  # BAPO search steps (0 for a fixed clip)
-    clip_high_frac: float  # A>0 and r >= c_high, over all tokens
-    clip_low_frac: float  # A<0 and r <= c_low
-    clip_dual_frac: float  # A<0 and r >= dual_clip
+    search_skipped: float  # 1.0 when no token could be clipped anywhere on BAPO's grid, else 0.0
+    clip_high_frac: float  # A>0 and r > c_high, over all tokens
+    clip_low_frac: float  # A<0 and r < c_low
+    clip_dual_frac: float  # A<0 and r > dual_clip
     n_tokens: int
     n_pos_high_prob: int  # A>0, pi_theta above the batch's exp(mean log pi)
     n_pos_low_prob: int
@@ -547,6 +621,7 @@ class LossStats:
             "bapo/rho_gradient": self.rho_gradient,
             "bapo/rho_value": self.rho_value,
             "bapo/search_steps": self.n_steps,
+            "bapo/search_skipped": self.search_skipped,
             "clip/high_frac": self.clip_high_frac,
             "clip/low_frac": self.clip_low_frac,
             "clip/dual_frac": self.clip_dual_frac,
@@ -559,9 +634,6 @@ class LossStats:
             "policy/approx_kl": self.approx_kl,
             "policy/ratio_mean": self.ratio_mean,
         }
-
-
-_STAT_NAMES = [f.name for f in fields(LossStats)]
 
 
 def _aggregate(per_token: torch.Tensor, mask: torch.Tensor, agg: str, count: float | None):
@@ -588,6 +660,9 @@ def policy_loss(
     *,
     count: float | None = None,
     rollout_weight: bool | None = None,
+    token_weights: torch.Tensor | None = None,
+    sync_distributed: bool = True,
+    group=None,
 ) -> tuple[torch.Tensor, LossStats]:
     """The clipped policy-gradient loss (negated Eq. 4; Algorithm 1 line 19 for BAPO).
 
@@ -602,6 +677,16 @@ def policy_loss(
     sequences) when one mini-batch is split into micro-batches for gradient accumulation.
     ``rollout_weight`` sets the Eq. 8 weight of the reported ``rho`` (and of a BAPO search);
     ``None`` takes the BAPO config's, or ``False`` (the plain sampled sum) for a fixed clip.
+    ``token_weights`` (``>= 0``, broadcastable to ``log_probs``) multiply each token's loss
+    *after* the search, which runs on the plain advantages: the authors' order for verl's
+    rollout importance-sampling weights.  The reported statistics ignore them too.
+
+    Under ``torch.distributed`` (and ``sync_distributed``) the search and the statistics are
+    global over ``group`` (the data-parallel group; ``None``: the default group): the search
+    all-reduces its histograms, the statistics one vector of sums, so ``rho``, the clip
+    fractions and the token counts are those of the whole batch on every rank.  Every rank of
+    the group must then call this the same number of times.  (The high/low-probability split
+    of Definition 1 compares with the rank's own mean log-prob.)
     """
     clip = FixedClip() if clip is None else clip
     if agg not in AGG_MODES:
@@ -610,69 +695,161 @@ def policy_loss(
 
     if not isinstance(clip, (BAPOConfig, FixedClip)):
         raise TypeError(f"clip must be a FixedClip or a BAPOConfig, got {type(clip).__name__}")
-    ratio = importance_ratio(log_probs, old_log_probs)
+    dtype = torch.promote_types(log_probs.dtype, torch.float32)
+    log_ratio = (log_probs.to(dtype) - old_log_probs.to(dtype)).clamp(
+        -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT
+    )
+    ratio = torch.exp(log_ratio)  # importance_ratio, keeping the log for the KL statistic
     # Eq. 8's weight: the caller says, else the BAPO config, else the plain sampled sum
     if rollout_weight is None:
         rollout_weight = clip.rollout_weight if isinstance(clip, BAPOConfig) else False
     if isinstance(clip, BAPOConfig) and rollout_weight != clip.rollout_weight:
         clip = dataclasses.replace(clip, rollout_weight=rollout_weight)
-    weighted = rollout_weight
+    sync = _distributed(sync_distributed)
     with torch.no_grad():
-        abs_w = _abs_weight(advantages, mask, old_log_probs, weighted, ratio.dtype)
+        r = ratio.detach()
+        adv = advantages.to(dtype)
+        abs_w = _abs_weight(adv, mask, old_log_probs, rollout_weight, dtype)
+        query = r * adv.sign()  # r for A > 0, -r for A < 0, 0 for A = 0
+        c64 = (abs_w * r).to(torch.float64)  # w*r*|A|: Eq. 8's gradient measure per token
     if isinstance(clip, BAPOConfig):
         with torch.no_grad():
-            b = _search(ratio.detach(), advantages, abs_w, clip, True).bounds
-        c_low, c_high, n_steps = b.c_low, b.c_high, b.n_steps
+            b = _search(r, adv, abs_w, clip, sync, group, query=query, c64=c64).bounds
+        c_low, c_high, n_steps, skipped = b.c_low, b.c_high, b.n_steps, b.skipped
         measure = clip.contribution
     else:
-        c_low, c_high, n_steps = clip.c_low, clip.c_high, 0
+        c_low, c_high, n_steps, skipped = clip.c_low, clip.c_high, 0, False
         measure = "gradient"
     dual = clip.dual_clip
 
-    adv = advantages.to(ratio.dtype)
-    high, low, dual_mask = clip_regions(ratio, adv, c_low, c_high, dual)
-    clipped = high | low | dual_mask
-    bound = torch.ones_like(ratio).masked_fill(high, c_high).masked_fill(low, c_low)
-    if dual is not None:
-        bound = bound.masked_fill(dual_mask, dual)
-    r_eff = torch.where(clipped, bound, ratio)
-    per_token = -(r_eff * adv)
-    loss = _aggregate(per_token, mask, agg, count)
+    with torch.no_grad():
+        # Eq. 4 per token is A * clamp(r, lo, hi) with (lo, hi) = (0, c_high) for A > 0 and
+        # (c_low, dual_clip or inf) for A < 0: PPO's min(r*A, clip(r, c_low, c_high)*A) and the
+        # dual clip's cap.  torch.clamp passes the gradient at its bounds, so a ratio equal to
+        # a bound keeps it (the convention of clip_regions).
+        is_pos = adv > 0
+        lo = torch.where(is_pos, r.new_tensor(0.0), r.new_tensor(c_low))
+        hi = torch.where(is_pos, r.new_tensor(c_high), r.new_tensor(math.inf if dual is None
+                                                                    else dual))  # fmt: skip
+        coef = _loss_coefficients(adv, mask, agg, count, token_weights)
+    r_eff = torch.clamp(ratio, lo, hi)
+    # the aggregated, negated objective (sum's pairwise summation: a float32 BLAS dot over
+    # millions of tokens drifts by ~1e-5 relative)
+    loss = (r_eff * coef).sum()
     stats = _loss_stats(
-        log_probs, ratio, adv, abs_w, mask, high, low, dual_mask, c_low, c_high, n_steps, measure
-    )
+        log_probs.detach(), r, log_ratio.detach(), query, abs_w, c64, mask, c_low, c_high,
+        dual, n_steps, measure, sync, group,
+    )  # fmt: skip
+    if skipped:
+        stats = dataclasses.replace(stats, search_skipped=1.0)
     return loss, stats
+
+
+def _loss_coefficients(adv, mask, agg: str, count, token_weights) -> torch.Tensor:
+    """``-A * mask * (row scale) / denominator`` per token: the loss is ``sum(r_eff * coef)``,
+    which equals ``_aggregate(-(r_eff * A) * token_weights, mask, agg, count)``."""
+    coef = torch.where(mask, adv, 0.0)
+    if token_weights is not None:
+        coef = coef * token_weights.to(coef.dtype)
+    if agg == "token-mean":
+        denom = mask.sum().clamp_min(1) if count is None else max(float(count), 1.0)
+        return coef.div_(-denom if isinstance(denom, float) else denom.neg())
+    if coef.dim() != 2:
+        raise ValueError(f"agg={agg!r} needs (batch, time) tensors, got {coef.dim()}-D")
+    if agg == "seq-mean-token-mean":
+        coef = coef / mask.sum(-1, keepdim=True).clamp_min(1).to(coef.dtype)
+    denom = coef.shape[0] if count is None else count
+    return coef.div_(-max(float(denom), 1.0))
+
+
+# the regions of one token, from bucketize(r * sign(A), grid) with grid
+# [-dual (just below), -c_low, -tiny, 0, c_high] and right=False (= #{grid < query}):
+_DUAL, _NEG_KEPT, _NEG_LOW, _ZERO, _POS_KEPT, _POS_HIGH = range(6)
+_N_REGIONS = 6
 
 
 @torch.no_grad()
 def _loss_stats(
-    log_probs, ratio, adv, abs_w, mask, high, low, dual_mask, c_low, c_high, n_steps, measure
+    log_probs,
+    ratio,
+    log_ratio,
+    query,
+    abs_w,
+    c64,
+    mask,
+    c_low,
+    c_high,
+    dual,
+    n_steps,
+    measure,
+    sync=False,
+    group=None,
 ) -> LossStats:
-    m = mask
-    n = m.sum()
-    denom = n.clamp_min(1).to(torch.float64)
-    r = ratio.detach()
-    pg, ng, pv, nv = _eq8_sums(r, adv, abs_w, high, low, dual_mask, c_low, c_high)
+    """The statistics of one loss call, in one pass over the tokens: each token gets a code
+    (its clip region of Eq. 7, whether it is a high-probability token, masked tokens apart) and
+    bincounts sum the counts and Eq. 8's parts per code.  The small result is all-reduced once
+    when ``sync``, so every number is global."""
+    dt = ratio.dtype
+    tiny = torch.finfo(dt).tiny
+    first = -math.inf if dual is None else -float(dual)
+    grid = torch.tensor([first, -c_low, -tiny, 0.0, c_high], dtype=dt, device=ratio.device)
+    if dual is not None:  # r > dual  <=>  -r < -dual  <=>  query <= the float just below -dual
+        grid[0] = torch.nextafter(grid[0], grid.new_tensor(-math.inf))
+    region = torch.bucketize(query, grid, right=False, out_int32=True)
+    n = mask.sum()
+    mean_lp = torch.where(mask, log_probs.to(dt), 0.0).sum(dtype=torch.float64) / n.clamp_min(1)
+    high_prob = log_probs.to(dt) > mean_lp  # Definition 1 (App. B.4.2): pi above exp(E[log pi])
+    code = region.add_(high_prob, alpha=_N_REGIONS)  # 0..11; masked tokens go to 12
+    code = torch.where(mask, code, 2 * _N_REGIONS).reshape(-1)
+    size = 2 * _N_REGIONS + 1
+    counts = torch.bincount(code, minlength=size).to(torch.float64)
+    c_sum = torch.bincount(code, weights=c64.reshape(-1), minlength=size)
+    w_sum = torch.bincount(code, weights=abs_w.reshape(-1).to(torch.float64), minlength=size)
+    # KL's k3 estimate and the mean ratio: masked sums with a float64 accumulator
+    r_total = torch.where(mask, ratio, 0.0).sum(dtype=torch.float64)
+    r_minus_lr = torch.where(mask, ratio - log_ratio, 0.0).sum(dtype=torch.float64)
+
+    def by_region(x):  # (6,) per region, both probability halves, masked tokens dropped
+        return x[: 2 * _N_REGIONS].view(2, _N_REGIONS).sum(0)
+
+    cnt, c, w = by_region(counts), by_region(c_sum), by_region(w_sum)
+    hp = counts[_N_REGIONS : 2 * _N_REGIONS]
+    lp_ = counts[:_N_REGIONS]
+    pg, ng = c[_POS_KEPT], c[_NEG_KEPT]
+    pv = pg + c_high * w[_POS_HIGH]  # a clipped positive token counts A*c_high
+    nv = ng + c[_DUAL] + c_low * w[_NEG_LOW]  # a clipped negative one |A|*c_low
+    pos = [_POS_KEPT, _POS_HIGH]
+    neg = [_DUAL, _NEG_KEPT, _NEG_LOW]
+    sums = torch.stack([
+        pg, ng, pv, nv, cnt[_POS_HIGH], cnt[_NEG_LOW], cnt[_DUAL], cnt.sum(),
+        hp[pos].sum(), lp_[pos].sum(), hp[neg].sum(), lp_[neg].sum(), r_minus_lr, r_total,
+    ]).to(torch.float64)  # fmt: skip
+    if sync:
+        torch.distributed.all_reduce(sums, group=group)  # global counts and sums
+    (pg, ng, pv, nv, n_high, n_low, n_dual, n, php, plp, nhp, nlp, r_minus_lr, r_total) = (
+        sums.tolist()
+    )
     rho_g, rho_v = share(pg, ng), share(pv, nv)
-    lp = log_probs.detach().to(r.dtype)
-    mean_lp = torch.where(m, lp, 0.0).sum(dtype=torch.float64) / denom
-    high_prob = lp > mean_lp  # Definition 1 (App. B.4.2): pi above exp(E[log pi])
-    pos, neg = (adv > 0) & m, (adv < 0) & m
-    log_r = torch.log(r)  # the clamped log-ratio
-    kl = torch.where(m, r - 1 - log_r, 0.0).sum(dtype=torch.float64) / denom
-    row = torch.stack([
-        rho_g if measure == "gradient" else rho_v, rho_g, rho_v,
-        (high & m).sum() / denom, (low & m).sum() / denom, (dual_mask & m).sum() / denom, n,
-        (pos & high_prob).sum(), (pos & ~high_prob).sum(),
-        (neg & high_prob).sum(), (neg & ~high_prob).sum(),
-        kl, torch.where(m, r, 0.0).sum(dtype=torch.float64) / denom,
-    ]).tolist()  # fmt: skip
-    values = dict(c_low=float(c_low), c_high=float(c_high), n_steps=int(n_steps))
-    names = [x for x in _STAT_NAMES if x not in values]
-    values.update(zip(names, row))
-    for k in ("n_tokens", "n_pos_high_prob", "n_pos_low_prob", "n_neg_high_prob", "n_neg_low_prob"):
-        values[k] = int(values[k])
-    return LossStats(**values)
+    denom = max(n, 1.0)
+    return LossStats(
+        c_low=float(c_low),
+        c_high=float(c_high),
+        rho=rho_g if measure == "gradient" else rho_v,
+        rho_gradient=rho_g,
+        rho_value=rho_v,
+        n_steps=int(n_steps),
+        search_skipped=0.0,
+        clip_high_frac=n_high / denom,
+        clip_low_frac=n_low / denom,
+        clip_dual_frac=n_dual / denom,
+        n_tokens=int(n),
+        n_pos_high_prob=int(php),
+        n_pos_low_prob=int(plp),
+        n_neg_high_prob=int(nhp),
+        n_neg_low_prob=int(nlp),
+        approx_kl=(r_minus_lr - n) / denom,  # mean of (r - 1) - log r
+        ratio_mean=r_total / denom,
+    )
 
 
 # ----------------------------------------------------------------------------------------------

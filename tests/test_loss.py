@@ -29,6 +29,11 @@ CONFIGS = [
     BAPOConfig.official(contribution="gradient"),
     BAPOConfig(rho0=0.6, a_minus=0.7, b_minus=0.7),  # no room for c_low: Algorithm 1 takes no step
     BAPOConfig(rho0=0.3, a_minus=0.85, b_minus=0.9, a_plus=1.1, b_plus=1.3, delta1=0.1),
+    # steps that do not divide their ranges: the last step is min(c + delta, b)
+    BAPOConfig(
+        rho0=0.45, a_minus=0.8, b_minus=0.95, delta2=0.1, a_plus=1.2, b_plus=1.45, delta1=0.1
+    ),  # fmt: skip
+    BAPOConfig.official(a_minus=0.8, b_minus=0.95, delta2=0.1, dual_clip=1.1),
 ]
 
 
@@ -36,33 +41,46 @@ CONFIGS = [
 # A plain step-by-step reference, written from Algorithm 1 and Eq. 8 as printed
 # ---------------------------------------------------------------------------------------------
 def reference_sums(r, adv, w, c_low, c_high, cfg):
-    """Eq. 8's positive and negative sums at one point, token by token (numpy float64)."""
+    """Eq. 8's positive and negative sums at one point, token by token (numpy float64).
+
+    A ratio equal to a bound is unclipped (torch.clamp's convention in verl and TRL)."""
     pos = neg = 0.0
     for ri, ai, wi in zip(r, adv, w):
         if ai > 0:
             if cfg.contribution == "gradient":
-                pos += wi * float(ri) * ai if ri < np.float32(c_high) else 0.0
+                pos += wi * float(ri) * ai if ri <= np.float32(c_high) else 0.0
             else:
-                pos += wi * ai * (c_high if ri >= np.float32(c_high) else float(ri))
+                pos += wi * ai * (c_high if ri > np.float32(c_high) else float(ri))
         elif ai < 0:
             if cfg.contribution == "gradient":
-                dual_ok = cfg.dual_clip is None or ri < np.float32(cfg.dual_clip)
-                keep = ri > np.float32(c_low) and dual_ok
+                dual_ok = cfg.dual_clip is None or ri <= np.float32(cfg.dual_clip)
+                keep = ri >= np.float32(c_low) and dual_ok
                 neg += wi * float(ri) * -ai if keep else 0.0
             else:
-                neg += wi * -ai * (c_low if ri <= np.float32(c_low) else float(ri))
+                neg += wi * -ai * (c_low if ri < np.float32(c_low) else float(ri))
     return pos, neg
 
 
+def _up(c, delta, top):
+    """One step of a bound, as the authors' code takes it: min(c + delta, top) (rounded to 10
+    decimals so that no float drift builds up)."""
+    return min(round(c + delta, 10), top)
+
+
 def reference_search(lp, old, adv, mask, cfg):
-    """Algorithm 1 one step at a time.  Returns (c_low, c_high, rho, steps, rho along the way)."""
+    """Algorithm 1 one step at a time.  Returns (c_low, c_high, rho, steps, rho along the way).
+
+    The bounds walk by ``min(c + delta, b)``; when no token can be clipped at any bound in the
+    ranges (no weighted positive token above a+, no weighted negative one below b-) the search
+    stays at (a-, a+)."""
     r = torch.exp((lp - old).clamp(-20, 20)).numpy().astype(np.float32)
     m = mask.numpy().astype(np.float64)
     w = m * (np.exp(old.double().numpy()) if cfg.rollout_weight else 1.0)
     a = adv.double().numpy()
+    c_low, c_high = cfg.a_minus, cfg.a_plus
 
-    def rho_at(kl, kh):
-        pos, neg = reference_sums(r, a, w, cfg.c_low_at(kl), cfg.c_high_at(kh), cfg)
+    def rho_at(c_low, c_high):
+        pos, neg = reference_sums(r, a, w, c_low, c_high, cfg)
         return pos, neg, (pos / (pos + neg) if pos + neg > 0 else math.nan)
 
     def met(pos, neg):
@@ -70,33 +88,40 @@ def reference_search(lp, old, adv, mask, cfg):
             return pos + neg > 0 and pos >= cfg.rho0 * (pos + neg)
         return pos > 0 and pos >= cfg.rho0 * neg
 
-    kl = kh = steps = 0
+    steps = 0
     if float(np.sum(w * np.abs(a))) == 0.0:  # no advantage anywhere: nothing to balance
         return cfg.a_minus, cfg.a_plus, math.nan, 0, [math.nan]
-    pos, neg, rho = rho_at(kl, kh)
+    pos, neg, rho = rho_at(c_low, c_high)
     trace = [(pos, neg, rho)]
+    live = (w > 0) & (a != 0)
+    if cfg.contribution == "gradient" and cfg.dual_clip is not None:
+        live &= ~((a < 0) & (r > np.float32(cfg.dual_clip)))  # weighs 0 at every point
+    clippable = live & (((a > 0) & (r > np.float32(cfg.a_plus)))
+                        | ((a < 0) & (r < np.float32(cfg.b_minus))))  # fmt: skip
+    if not clippable.any():
+        return c_low, c_high, rho, 0, trace
     if cfg.order == "paper":
-        # while rho < rho0 and c_low + delta2 <= b-: raise c_high if it fits, else c_low
-        while not met(pos, neg) and cfg.a_minus + (kl + 1) * cfg.delta2 <= cfg.b_minus + 1e-9:
-            if cfg.a_plus + (kh + 1) * cfg.delta1 <= cfg.b_plus + 1e-9:
-                kh += 1
+        # while rho < rho0 and c_low < b-: raise c_high while it is below b+, else c_low
+        while not met(pos, neg) and c_low < cfg.b_minus:
+            if c_high < cfg.b_plus:
+                c_high = _up(c_high, cfg.delta1, cfg.b_plus)
             else:
-                kl += 1
+                c_low = _up(c_low, cfg.delta2, cfg.b_minus)
             steps += 1
-            pos, neg, rho = rho_at(kl, kh)
+            pos, neg, rho = rho_at(c_low, c_high)
             trace.append((pos, neg, rho))
     else:  # the public code: c_low first, then c_high
-        while not met(pos, neg) and cfg.a_minus + (kl + 1) * cfg.delta2 <= cfg.b_minus + 1e-9:
-            kl += 1
+        while not met(pos, neg) and c_low < cfg.b_minus:
+            c_low = _up(c_low, cfg.delta2, cfg.b_minus)
             steps += 1
-            pos, neg, rho = rho_at(kl, kh)
+            pos, neg, rho = rho_at(c_low, c_high)
             trace.append((pos, neg, rho))
-        while not met(pos, neg) and cfg.a_plus + (kh + 1) * cfg.delta1 <= cfg.b_plus + 1e-9:
-            kh += 1
+        while not met(pos, neg) and c_high < cfg.b_plus:
+            c_high = _up(c_high, cfg.delta1, cfg.b_plus)
             steps += 1
-            pos, neg, rho = rho_at(kl, kh)
+            pos, neg, rho = rho_at(c_low, c_high)
             trace.append((pos, neg, rho))
-    return cfg.c_low_at(kl), cfg.c_high_at(kh), rho, steps, trace
+    return c_low, c_high, rho, steps, trace
 
 
 def _tie_log_ratios():
@@ -344,7 +369,7 @@ def test_count_overrides_divisor_for_gradient_accumulation():
         (dict(order="fast"), "order"),
         (dict(contribution="loss"), "contribution"),
         (dict(target="odds"), "target"),
-        (dict(dual_clip=2.0), "dual_clip"),
+        (dict(dual_clip=1.0), "dual_clip"),
         (dict(rho0=float("nan")), "rho0"),
     ],
 )
@@ -441,3 +466,192 @@ def test_eq8_sampled_plain_sum_converges_to_the_vocabulary_sum(contribution):
     at_start = search_path(new[ys], old[ys], adv[ys], None, BAPOConfig(
         contribution=contribution, a_minus=c_low, b_minus=0.9, a_plus=c_high))  # fmt: skip
     assert float(at_start.rho[0]) == pytest.approx(float(exact), abs=5e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12: search skip, grids that end at their maximum, the boundary convention, dual clip
+# ---------------------------------------------------------------------------------------------
+def test_on_policy_batch_skips_the_search_and_says_so():
+    g = torch.Generator().manual_seed(0)
+    old = torch.log(torch.rand(4, 9, generator=g) * 0.9 + 0.05)
+    adv = torch.tensor([1.0, -1.0, -1.0, -1.0])  # rho = 0.25 < 0.4: the search would run
+    for cfg in (BAPOConfig(), BAPOConfig.official()):
+        path = search_path(old, old, adv, None, cfg)  # every ratio is 1: nothing can be clipped
+        assert path.skipped and path.stop == 0
+        assert float(path.rho[0]) == pytest.approx(0.25) and not bool(path.met[0])
+        b = path.bounds
+        assert (b.c_low, b.c_high, b.n_steps, b.skipped) == (cfg.a_minus, cfg.a_plus, 0, True)
+        _, stats = policy_loss(old.clone().requires_grad_(), old, adv, None, cfg)
+        assert stats.as_metrics()["bapo/search_skipped"] == 1.0
+        assert (stats.c_low, stats.c_high, stats.n_steps) == (cfg.a_minus, cfg.a_plus, 0)
+    # one negative token just below b- can be clipped: the search runs to its end
+    lp = old.clone()
+    lp[1, 0] = old[1, 0] + math.log(0.85)
+    b = search_bounds(lp, old, adv, None, BAPOConfig())
+    assert not b.skipped and (b.c_low, b.c_high) == (0.9, 3.0)
+    _, stats = policy_loss(lp, old, adv, None, BAPOConfig())
+    assert stats.search_skipped == 0.0
+    # ... and a positive token just above a+ likewise
+    lp = old.clone()
+    lp[0, 0] = old[0, 0] + math.log(1.25)
+    assert not search_bounds(lp, old, adv, None, BAPOConfig()).skipped
+    _, fixed = policy_loss(lp, old, adv, None, FixedClip())
+    assert fixed.search_skipped == 0.0
+
+
+def test_a_step_that_does_not_divide_its_range_ends_at_the_maximum():
+    cfg = BAPOConfig(a_minus=0.8, b_minus=0.95, delta2=0.1, a_plus=1.2, b_plus=1.45, delta1=0.1)
+    assert (cfg.n_low, cfg.n_high) == (2, 3)
+    assert [cfg.c_low_at(k) for k in range(3)] == [0.8, 0.9, 0.95]
+    assert [cfg.c_high_at(k) for k in range(4)] == [1.2, 1.3, 1.4, 1.45]
+    with pytest.raises(ValueError, match=r"k=3 is out of range: allowed \[0, 2\]"):
+        cfg.c_low_at(3)
+    # the paper's own grids divide: exact a + k*delta, no drift, 51 points
+    paper = BAPOConfig()
+    assert [paper.c_low_at(k) for k in range(16)] == [round(0.6 + 0.02 * k, 10) for k in range(16)]
+    assert paper.c_high_at(36) == 3.0 and len(paper.path()) == 52
+    # an all-negative batch with clippable tokens walks the whole grid to (0.95, 1.45)
+    lp = torch.log(torch.tensor([0.5, 0.9, 1.3]))
+    b = search_bounds(lp, torch.zeros(3), -torch.ones(3), None, cfg)
+    assert (b.c_low, b.c_high, b.n_steps) == (0.95, 1.45, 5)
+    off = BAPOConfig.official(a_minus=0.8, b_minus=0.95, delta2=0.1)
+    assert off.path()[:4] == [(0, 0), (1, 0), (2, 0), (2, 1)]
+    assert off.c_low_at(2) == 0.95
+
+
+def _exact_ratio_log(c: float) -> float:
+    """A float32 log-ratio x with float32 exp(x) == c exactly."""
+    x = np.float32(math.log(c))
+    for _ in range(16):
+        got = torch.exp(torch.tensor(x)).item()
+        if got == c:
+            return float(x)
+        x = np.nextafter(x, np.float32(np.inf if got < c else -np.inf))
+    raise AssertionError(f"no float32 log-ratio lands on {c}")
+
+
+def test_a_ratio_equal_to_a_bound_keeps_its_full_gradient_as_in_verl_and_trl():
+    # c = 0.75 and 1.25 are exact in float32; r lands on them bit for bit
+    x_hi, x_lo = _exact_ratio_log(1.25), _exact_ratio_log(0.75)
+    old = torch.zeros(4)
+    lp = torch.tensor([x_hi, x_lo, x_hi + 0.01, x_lo - 0.01]).requires_grad_()
+    adv = torch.tensor([2.0, -1.0, 2.0, -1.0])
+    clip = FixedClip(0.75, 1.25)
+    ratio = torch.exp(lp.detach() - old)
+    assert ratio[0].item() == 1.25 and ratio[1].item() == 0.75
+    loss, stats = policy_loss(lp, old, adv, None, clip, "token-mean")
+    (g,) = torch.autograd.grad(loss, lp)
+    # TRL's / verl's form: -min(r*A, clamp(r, c_low, c_high)*A), torch.clamp at its bounds
+    r = torch.exp(lp - old)
+    ref = (-torch.min(r * adv, torch.clamp(r, 0.75, 1.25) * adv)).mean()
+    (g_ref,) = torch.autograd.grad(ref, lp)
+    torch.testing.assert_close(g, g_ref)
+    # hand computed: d/dlp of -r*A/4 = -r*A/4 at the two ties, 0 for the two clipped tokens
+    torch.testing.assert_close(g, torch.tensor([-1.25 * 2 / 4, 0.75 / 4, 0.0, 0.0]))
+    # the counters agree with the gradient: only the two tokens past the bounds are clipped
+    assert stats.clip_high_frac == 0.25 and stats.clip_low_frac == 0.25
+    high, low, _ = clip_regions(ratio, adv, 0.75, 1.25)
+    assert high.tolist() == [False, False, True, False]
+    assert low.tolist() == [False, False, False, True]
+
+
+def test_dual_clip_needs_only_exceed_one():
+    cfg = BAPOConfig.paper(dual_clip=3.0)  # verl's default clip_ratio_c with b+ = 3.0
+    assert cfg.dual_clip == 3.0
+    clip = FixedClip(0.8, 1.28, dual_clip=1.1)  # below c_high: acts on negative tokens only
+    lp = torch.log(torch.tensor([1.2, 1.2])).requires_grad_()
+    adv = torch.tensor([1.0, -1.0])
+    loss, stats = policy_loss(lp, torch.zeros(2), adv, None, clip)
+    (g,) = torch.autograd.grad(loss, lp)
+    # the positive token (r = 1.2 < 1.28) keeps its gradient; the negative one (r > 1.1) loses it
+    torch.testing.assert_close(g, torch.tensor([-1.2 / 2, 0.0]))
+    assert stats.clip_dual_frac == 0.5 and stats.clip_high_frac == 0.0
+    assert loss.item() == pytest.approx((-1.2 + 1.1) / 2)
+    for bad in (1.0, 0.5, math.inf):
+        with pytest.raises(ValueError, match=r"dual_clip=.* is out of range: allowed \(1.0, inf\)"):
+            FixedClip(0.8, 1.2, dual_clip=bad)
+
+
+def test_token_weights_scale_the_loss_after_a_search_on_plain_advantages():
+    g = torch.Generator().manual_seed(7)
+    old = torch.log(torch.rand(6, 8, generator=g) * 0.9 + 0.05)
+    lp = (old + 0.5 * torch.randn(6, 8, generator=g)).requires_grad_()
+    adv = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])
+    w = torch.ones(6, 8)
+    w[:3] = 0.1  # down-weight the positive sequences
+    cfg = BAPOConfig()
+    plain = search_bounds(lp.detach(), old, adv, None, cfg)
+    weighted_adv = search_bounds(lp.detach(), old, adv[:, None] * w, None, cfg)
+    assert (plain.c_low, plain.c_high) != (weighted_adv.c_low, weighted_adv.c_high)
+    loss, stats = policy_loss(lp, old, adv, None, cfg, token_weights=w)
+    assert (stats.c_low, stats.c_high) == (plain.c_low, plain.c_high)
+    r = torch.exp(lp - old)
+    a = adv[:, None].expand_as(r)
+    ref = (-torch.min(r * a, torch.clamp(r, plain.c_low, plain.c_high) * a) * w).mean()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(loss, lp)[0], torch.autograd.grad(ref, lp)[0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dual", [None, 1.5])
+def test_every_loss_statistic_against_a_token_by_token_reference(seed, dual):
+    g = torch.Generator().manual_seed(seed)
+    B, T = 7, 11
+    old = torch.log(torch.rand(B, T, generator=g) * 0.9 + 0.05)
+    lp = old + 0.7 * torch.randn(B, T, generator=g)
+    adv = torch.randn(B, generator=g)
+    adv[0] = 0.0  # a group with no signal
+    mask = torch.rand(B, T, generator=g) < 0.75
+    clip = FixedClip(0.8, 1.25, dual_clip=dual)
+    _, st = policy_loss(lp, old, adv, mask, clip)
+
+    r = torch.exp((lp - old).clamp(-20, 20))
+    n = hi_n = lo_n = du_n = 0
+    pos_g = neg_g = pos_v = neg_v = kl = rsum = 0.0
+    groups = {"ph": 0, "pl": 0, "nh": 0, "nl": 0}
+    m_lp = float(lp[mask].double().mean())
+    for i in range(B):
+        a = float(adv[i])
+        for t in range(T):
+            if not mask[i, t]:
+                continue
+            ri, li = float(r[i, t]), float(lp[i, t])
+            n += 1
+            kl += ri - 1 - math.log(ri)
+            rsum += ri
+            high_prob = li > m_lp
+            if a > 0:
+                groups["ph" if high_prob else "pl"] += 1
+                if r[i, t] > np.float32(1.25):
+                    hi_n += 1
+                    pos_v += a * 1.25
+                else:
+                    pos_g += a * ri
+                    pos_v += a * ri
+            elif a < 0:
+                groups["nh" if high_prob else "nl"] += 1
+                if dual is not None and r[i, t] > np.float32(dual):
+                    du_n += 1
+                    neg_v += -a * ri
+                elif r[i, t] < np.float32(0.8):
+                    lo_n += 1
+                    neg_v += -a * 0.8
+                else:
+                    neg_g += -a * ri
+                    neg_v += -a * ri
+    assert st.n_tokens == n
+    assert st.clip_high_frac == pytest.approx(hi_n / n, abs=1e-12)
+    assert st.clip_low_frac == pytest.approx(lo_n / n, abs=1e-12)
+    assert st.clip_dual_frac == pytest.approx(du_n / n, abs=1e-12)
+    assert st.rho_gradient == pytest.approx(pos_g / (pos_g + neg_g), rel=1e-6)
+    assert st.rho_value == pytest.approx(pos_v / (pos_v + neg_v), rel=1e-6)
+    assert st.approx_kl == pytest.approx(kl / n, rel=1e-5)
+    assert st.ratio_mean == pytest.approx(rsum / n, rel=1e-6)
+    assert (st.n_pos_high_prob, st.n_pos_low_prob, st.n_neg_high_prob, st.n_neg_low_prob) == (
+        groups["ph"],
+        groups["pl"],
+        groups["nh"],
+        groups["nl"],
+    )
+    if dual is not None:
+        assert du_n > 0  # the case is exercised

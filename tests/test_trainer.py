@@ -236,6 +236,59 @@ def test_stale_batch_ratios_move_only_after_updates(tmp_path, embedded_model):
         stale_batch(tiny(tmp_path / "c"), updates=-1)
 
 
+@pytest.mark.parametrize("algo", ["grpo", "bapo"])
+def test_only_bapo_runs_a_no_grad_forward_pass_before_the_update(tmp_path, embedded_model, algo,
+                                                                 monkeypatch):  # fmt: skip
+    calls = []
+    original = Trainer._presearch_logprobs
+
+    def counting(self, parts):
+        calls.append(len(parts))
+        return original(self, parts)
+
+    monkeypatch.setattr(Trainer, "_presearch_logprobs", counting)
+    seen = []
+    cfg = tiny(tmp_path, algo, "train.steps=1", "train.micro_batch_size=4")  # 16 samples: 4 parts
+    Trainer(cfg, update_hook=seen.append).train()
+    logged = read_jsonl(tmp_path / "updates.jsonl")
+    if algo == "bapo":
+        assert calls and all(n > 1 for n in calls)
+    else:
+        assert calls == []  # a fixed clip needs no search input: no extra forward pass
+    for hook, rec in zip(seen, logged, strict=True):
+        lp, old, adv = hook["inputs"]  # the metrics still see every token of the mini-batch
+        assert lp.numel() == rec["tokens/count"] > 0
+        if algo == "grpo":
+            from bapo import FixedClip, policy_loss
+
+            _, st = policy_loss(lp, old, adv, None, FixedClip(0.8, 1.2))
+            assert rec["policy/approx_kl"] == pytest.approx(st.approx_kl, rel=1e-9, abs=1e-12)
+
+
+def test_bapo_keep_graphs_skips_the_extra_pass_and_changes_nothing_else(tmp_path, embedded_model,
+                                                                       monkeypatch):  # fmt: skip
+    calls = []
+    original = Trainer._presearch_logprobs
+    monkeypatch.setattr(Trainer, "_presearch_logprobs",
+                        lambda self, parts: calls.append(1) or original(self, parts))  # fmt: skip
+    runs = {}
+    for keep in (False, True):
+        out = tmp_path / str(keep)
+        cfg = tiny(out, "bapo", "train.steps=2", "train.micro_batch_size=4", "train.mini_batches=2",
+                   f"train.keep_graphs={str(keep).lower()}")  # fmt: skip
+        calls.clear()
+        Trainer(cfg).train()
+        runs[keep] = (stable(read_jsonl(out / "updates.jsonl")), len(calls))
+    (plain, n_plain), (kept, n_kept) = runs[False], runs[True]
+    assert n_plain > 0 and n_kept == 0
+    assert plain == kept  # same bounds, same losses, same gradients, same metrics
+
+
+def test_keep_graphs_must_be_a_bool(tmp_path):
+    with pytest.raises(ValueError, match="train.keep_graphs='yes please' must be true or false"):
+        tiny(tmp_path, "bapo", "train.keep_graphs=yes please")
+
+
 # ---------------------------------------------------------------------------------------------
 # A run is never lost or silently wrong (issue 13): interrupts at step boundaries, rollback of
 # a failed step, run-folder ownership, checkpoints that verify themselves, bookkeeping.

@@ -176,3 +176,70 @@ def test_trainer_rejects_unsupported_options_before_loading(tmp_path):
                           loss_type="sapo")  # fmt: skip
     with pytest.raises(ValueError, match="loss_type='sapo'"):
         BAPOGRPOTrainer(model="does-not-exist", reward_funcs=[], args=args)
+
+
+def _run(trainer_cls, tmp_path, name, **extra):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig
+
+    model_dir = tmp_path / "tiny"
+    tok = _tiny_model_dir(model_dir) if not model_dir.exists() else None
+    if tok is None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+
+    def reward_count_a(completions, **kwargs):
+        return [float(c.split().count("a")) for c in completions]
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path / name), use_cpu=True, bf16=False, report_to="none",
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=6,
+        max_steps=2, steps_per_generation=2, learning_rate=5e-3, logging_steps=1,
+        save_strategy="no", seed=0, temperature=1.0, loss_type="grpo", beta=0.04,
+    )  # fmt: skip
+    data = Dataset.from_dict({"prompt": ["a b c", "one two", "yes no a", "d e f"] * 2})
+    trainer = trainer_cls(model=model, reward_funcs=reward_count_a, args=args,
+                          train_dataset=data, processing_class=tok, **extra)  # fmt: skip
+    trainer.train()
+    return [row for row in trainer.state.log_history if "entropy" in row]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="needs trl (bapo[trl])")
+def test_bapo_trainer_logs_every_metric_plain_grpo_logs_under_the_same_names(tmp_path):
+    from trl import GRPOTrainer
+
+    from bapo.integrations.trl import BAPOGRPOTrainer
+
+    plain = _run(GRPOTrainer, tmp_path, "grpo")
+    ours = _run(BAPOGRPOTrainer, tmp_path, "bapo", clip=FixedClip(0.8, 1.2))
+    assert len(plain) == len(ours) == 2
+    for p_row, b_row in zip(plain, ours):
+        missing = set(p_row) - set(b_row)
+        assert not missing, f"BAPOGRPOTrainer does not log {sorted(missing)}"
+        extra = set(b_row) - set(p_row)
+        assert {"bapo/c_low", "bapo/c_high", "bapo/rho", "bapo/search_skipped",
+                "clip/high_frac", "tokens/count"} <= extra  # fmt: skip
+        assert {"entropy", "kl", "clip_ratio/region_mean", "clip_ratio/high_max"} <= set(b_row)
+    # same seed, same fixed bounds: the first step sees the same batch and logs the same values
+    for key in ("entropy", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "reward"):
+        assert ours[0][key] == pytest.approx(plain[0][key], rel=1e-4, abs=1e-7), key
+
+
+def test_trainer_warns_that_grpo_epsilons_are_replaced_by_the_clip_rule(tmp_path):
+    trl = pytest.importorskip("trl")
+    from bapo.integrations.trl import _warn_replaced
+
+    quiet = trl.GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_replaced(quiet)  # defaults: nothing to say
+    for kw in (dict(epsilon=0.3), dict(epsilon_high=0.28)):
+        args = trl.GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **kw)
+        with pytest.warns(UserWarning, match=r"is ignored by BAPOGRPOTrainer.*FixedClip"):
+            _warn_replaced(args)

@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from bapo import BAPOConfig
+from bapo import BAPOConfig, search_bounds
 from bapo.integrations import verl as bv
 
 
@@ -170,5 +170,51 @@ def test_registers_with_verls_registry_when_verl_is_importable(monkeypatch):
 
 
 def test_register_without_verl_does_nothing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "verl", None)
+    # block verl and every submodule already imported (with verl installed, the entry point
+    # has imported verl.trainer.ppo.core_algos, which `sys.modules["verl"] = None` alone
+    # would not hide)
+    for name in [m for m in sys.modules if m == "verl" or m.startswith("verl.")] + ["verl"]:
+        monkeypatch.setitem(sys.modules, name, None)
     assert bv.register() is False
+
+
+def test_bapo_searches_on_plain_advantages_and_weights_the_loss_after():
+    # the authors' recipe: bounds from the plain advantages, rollout_is_weights on the loss
+    g = torch.Generator().manual_seed(11)
+    old = torch.log(torch.rand(6, 8, generator=g) * 0.9 + 0.05)
+    lp = (old + 0.5 * torch.randn(6, 8, generator=g)).requires_grad_()
+    adv = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])[:, None].expand(6, 8).contiguous()
+    mask = torch.ones(6, 8, dtype=torch.bool)
+    w = torch.ones(6, 8)
+    w[:3] = 0.1  # weighting A first would make the positive share small and move the bounds
+    cfg = types.SimpleNamespace(bapo={"preset": "paper"}, global_batch_info={})
+    plain = search_bounds(lp.detach(), old, adv, mask, BAPOConfig())
+    on_weighted = search_bounds(lp.detach(), old, adv * w, mask, BAPOConfig())
+    assert (plain.c_low, plain.c_high) != (on_weighted.c_low, on_weighted.c_high)
+    loss, metrics = bv.compute_policy_loss_bapo(old, lp, adv, mask, "token-mean", cfg, w)
+    assert (metrics["actor/bapo/c_low"], metrics["actor/bapo/c_high"]) == (
+        plain.c_low,
+        plain.c_high,
+    )
+    eps_low, eps_high = 1 - plain.c_low, plain.c_high - 1
+    ref = _verl_vanilla(old, lp, adv, mask, "token-mean", eps_low, eps_high, 1e9, w)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(loss, lp)[0], torch.autograd.grad(ref, lp)[0])
+
+
+def test_pipeline_parallel_is_refused_unless_a_group_is_set(monkeypatch):
+    old, lp, adv, mask, _ = _batch(2)
+    cfg = types.SimpleNamespace(megatron={"pipeline_model_parallel_size": 2}, global_batch_info={})
+    with pytest.raises(ValueError, match="pipeline_model_parallel_size=2 is not supported"):
+        bv.compute_policy_loss_bapo(old, lp, adv, mask, "token-mean", cfg)
+    with pytest.raises(ValueError, match="pipeline_model_parallel_size=2"):
+        bv.compute_policy_loss_bapo_fixed(old, lp, adv, mask, "token-mean", cfg)
+    monkeypatch.setattr(bv, "_PROCESS_GROUP", None)
+    bv.set_process_group(object())  # a caller that has the last stage's group
+    try:
+        assert bv._process_group(cfg) is bv._PROCESS_GROUP
+    finally:
+        bv.set_process_group(None)
+    one = types.SimpleNamespace(megatron={"pipeline_model_parallel_size": 1}, global_batch_info={})
+    loss, _ = bv.compute_policy_loss_bapo(old, lp, adv, mask, "token-mean", one)
+    assert torch.isfinite(loss)

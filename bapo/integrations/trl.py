@@ -19,7 +19,14 @@ What maps how (see :func:`trl_policy_loss`): TRL's ``old_per_token_logps`` are `
 the loss (vLLM importance-sampling correction, entropy mask, off-policy mask) multiply the
 advantages instead, which gives the same loss and gradient since they are >= 0 and the clip
 regions depend only on the sign of ``A``; the KL penalty (``beta``) is added as TRL adds it.
-Options whose loss this cannot express raise ``ValueError`` at construction.
+Options whose loss this cannot express raise ``ValueError`` at construction; ``epsilon`` and
+``epsilon_high``, which the clip rule replaces, warn when set to non-default values.
+
+Metrics: everything ``GRPOTrainer`` logs from its loss, under the same names (``entropy``,
+``kl`` when ``beta != 0``, ``clip_ratio/low_mean``, ``clip_ratio/high_mean``,
+``clip_ratio/region_mean``, ``clip_ratio/low_min``, ``clip_ratio/high_max``, measured at the
+bounds actually used), plus BAPO's (``bapo/*``, ``clip/*``, ``tokens/*``, ``policy/*``), global
+over processes.
 
 TRL is imported only when the class is first used, so ``import bapo.integrations.trl`` works
 without it.
@@ -28,6 +35,7 @@ without it.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 import torch
@@ -131,6 +139,19 @@ def _check_args(args: Any) -> None:
         raise ValueError("BAPOGRPOTrainer does not support " + "; ".join(bad))
 
 
+def _warn_replaced(args: Any) -> None:
+    """Warn about GRPOConfig options that the clip rule replaces (they would be ignored)."""
+    eps, eps_high = getattr(args, "epsilon", 0.2), getattr(args, "epsilon_high", None)
+    if eps != 0.2 or eps_high is not None:
+        warnings.warn(
+            f"GRPOConfig(epsilon={eps}, epsilon_high={eps_high}) is ignored by BAPOGRPOTrainer:"
+            " its clip bounds come from clip= (BAPOConfig for adaptive bounds, or"
+            " FixedClip(1 - epsilon, 1 + epsilon_high) for fixed ones)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 _CLASS = None
 
 
@@ -157,6 +178,7 @@ def _build_class():
                 _check_args(given)  # fail before TRL loads models and datasets
             super().__init__(*args, **kwargs)
             _check_args(self.args)
+            _warn_replaced(self.args)
             if getattr(self, "aux_loss_enabled", False):
                 raise ValueError("BAPOGRPOTrainer does not support the MoE router aux loss")
 
@@ -174,7 +196,7 @@ def _build_class():
                 input_ids,
                 attention_mask,
                 completion_ids.size(1),
-                compute_entropy=need_entropy,
+                compute_entropy=True,  # logged as TRL logs it: the quantity BAPO protects
                 **{k: inputs.get(k) for k in _MULTIMODAL_KEYS},
             )
             old = inputs.get("old_per_token_logps")
@@ -236,17 +258,41 @@ def _build_class():
                 per_token_kl=per_token_kl,
                 beta=self.beta,
             )
-            self._log_bapo(mode, stats)
+            self._log_trl(mode, mask, entropies, per_token_kl, per_token_logps, old, advantages,
+                          stats)  # fmt: skip
+            for key, value in stats.as_metrics().items():  # already global (policy_loss)
+                self._metrics[mode][key].append(value)
             return loss
 
-        def _log_bapo(self, mode: str, stats: LossStats) -> None:
-            """Append BAPO's statistics to TRL's metrics, averaged over processes."""
-            metrics = stats.as_metrics()
-            values = torch.tensor(list(metrics.values()), dtype=torch.float64)
-            values = values.to(self.accelerator.device)
-            gathered = self.accelerator.gather(values.unsqueeze(0)).view(-1, len(metrics))
-            for key, value in zip(metrics, gathered.nanmean(0).tolist()):
-                self._metrics[mode][key].append(value)
+        @torch.no_grad()
+        def _log_trl(self, mode, mask, entropies, per_token_kl, logps, old, advantages, stats):
+            """The metrics GRPOTrainer._compute_loss logs, under its names, at the bounds used.
+
+            Global masked means over processes (one reduce of a few sums), and TRL's per-sequence
+            extremes (``low_min``, ``high_max``) from a gather, as TRL computes them."""
+            from trl.trainer.utils import nanmax, nanmin
+
+            m = mask.to(logps.dtype)
+            ratio = torch.exp(logps.detach() - old)
+            low = ((ratio < stats.c_low) & (advantages < 0)).to(m.dtype)
+            high = ((ratio > stats.c_high) & (advantages > 0)).to(m.dtype)
+            region = torch.clamp(low + high, max=1.0)
+            kl = per_token_kl if per_token_kl is not None else torch.zeros_like(m)
+            sums = torch.stack([(x * m).sum() for x in (entropies, kl, low, high, region, m)])
+            totals = self.accelerator.reduce(sums, reduction="sum")
+            count = totals[-1].clamp(min=1.0)
+            ent, kl_mean, low_mean, high_mean, region_mean = (totals[:-1] / count).tolist()
+            metrics = self._metrics[mode]
+            if self.beta != 0.0:
+                metrics["kl"].append(kl_mean)
+            metrics["entropy"].append(ent)
+            metrics["clip_ratio/low_mean"].append(low_mean)
+            metrics["clip_ratio/high_mean"].append(high_mean)
+            metrics["clip_ratio/region_mean"].append(region_mean)
+            seq_low = (low * m).sum(-1) / m.sum(-1)
+            seq_high = (high * m).sum(-1) / m.sum(-1)
+            metrics["clip_ratio/low_min"].append(nanmin(self.accelerator.gather(seq_low)).item())
+            metrics["clip_ratio/high_max"].append(nanmax(self.accelerator.gather(seq_high)).item())
 
     return BAPOGRPOTrainer
 

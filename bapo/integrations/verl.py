@@ -17,7 +17,18 @@ This module provides two such functions and registers them when verl is importab
 verl imports it through the ``verl.plugins`` entry point that installing ``bapo`` declares, or
 through ``VERL_USE_EXTERNAL_MODULES=bapo.integrations.verl``.  The functions themselves need
 only ``torch`` and a config that answers ``get``/attribute access, so they are tested without
-verl.
+verl (``tests/test_verl_integration.py``) and against verl itself (``make test-verl``,
+``tests/verl/``).
+
+**Across ranks.**  The search and the logged statistics all-reduce over a process group, so
+every rank picks the same bounds and logs the global ``rho``, clip fractions and token counts.
+verl 0.9.1's ``ppo_loss(config, model_output, data, dp_group)`` receives the data-parallel
+group but does not pass it on to a registered policy loss (which gets only the seven keyword
+arguments above), so the plugin uses the default group, which under verl's FSDP engines is
+the data-parallel group.  A caller that has a group hands it over with
+:func:`set_process_group`.  Under Megatron pipeline parallelism only the last stage computes
+the loss, so a collective over the default group would hang: the plugin refuses
+``megatron.pipeline_model_parallel_size > 1`` with a clear error unless a group was set.
 """
 
 from __future__ import annotations
@@ -39,9 +50,11 @@ __all__ = [
     "compute_policy_loss_bapo",
     "compute_policy_loss_bapo_fixed",
     "register",
+    "set_process_group",
     "verl_aggregation",
 ]
 
+_PROCESS_GROUP: Any = None  # set_process_group
 ENV_VAR = "BAPO_VERL_CONFIG"  # "paper", "official", or JSON: '{"preset": "official", "rho0": 0.6}'
 _BAPO_FIELDS = {f.name for f in fields(BAPOConfig)}
 
@@ -152,15 +165,40 @@ def verl_aggregation(
     )
 
 
+def set_process_group(group: Any) -> None:
+    """The process group (verl's data-parallel group) the search and the statistics all-reduce
+    over; ``None`` restores the default group.  Setting one also allows pipeline parallelism:
+    the group must then hold exactly the ranks that compute the loss."""
+    global _PROCESS_GROUP
+    _PROCESS_GROUP = group
+
+
+def _process_group(config: Any) -> Any:
+    """The group to all-reduce over, or an error where the default group would hang."""
+    if _PROCESS_GROUP is not None:
+        return _PROCESS_GROUP
+    megatron = _get(config, "megatron")
+    pp = _get(megatron, "pipeline_model_parallel_size", 1) or 1
+    if int(pp) > 1:
+        raise ValueError(
+            f"megatron.pipeline_model_parallel_size={pp} is not supported by the bapo policy"
+            " losses: only the last pipeline stage computes the loss, so the all-reduce over the"
+            " default process group would hang.  Use pipeline_model_parallel_size=1, or call"
+            " bapo.integrations.verl.set_process_group(<the last stage's data-parallel group>)"
+            " in every worker"
+        )
+    return None
+
+
 def _loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, weights, clip):
+    group = _process_group(config)
     mask = response_mask.bool()
-    adv = advantages
-    if weights is not None:
-        # verl multiplies each token's loss by its rollout-correction weight (>= 0); scaling A
-        # instead gives the same loss and gradient and keeps every clip region unchanged
-        adv = adv * weights.to(adv.dtype)
     agg, count, scale = verl_aggregation(loss_agg_mode, mask, _get(config, "global_batch_info"))
-    loss, stats = policy_loss(log_prob, old_log_prob, adv, mask, clip, agg, count=count)
+    # verl multiplies each token's loss by its rollout-correction weight (>= 0).  The authors'
+    # recipe searches the bounds on the plain advantages and weights the loss afterwards;
+    # policy_loss's token_weights do exactly that.
+    loss, stats = policy_loss(log_prob, old_log_prob, advantages, mask, clip, agg, count=count,
+                              token_weights=weights, group=group)  # fmt: skip
     return loss * scale, _metrics(stats, log_prob, old_log_prob, mask)
 
 
@@ -188,9 +226,9 @@ def compute_policy_loss_bapo(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """verl policy loss ``"bapo"``: Eq. 4 with Algorithm 1's bounds for this micro-batch.
 
-    Under ``torch.distributed`` the search all-reduces its statistics, so every data-parallel
-    rank must call this the same number of times per step (verl's default balanced micro-batch
-    counts do).
+    Under ``torch.distributed`` the search and the statistics all-reduce over the
+    data-parallel group (see the module docstring), so every data-parallel rank must call this
+    the same number of times per step (verl's default balanced micro-batch counts do).
     """
     clip = bapo_config_from_verl(config)
     return _loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,

@@ -99,6 +99,11 @@ class TrainConfig:
     epochs: int = 1  # E passes over each rollout batch
     mini_batches: int = 1  # M optimizer steps per epoch; staleness reaches E*M - 1
     micro_batch_size: int = 64  # sequences per forward/backward (gradient accumulation)
+    # BAPO with several micro-batches: the search needs the whole mini-batch's log-probs before
+    # the first backward.  False: one extra no-grad forward pass (memory of one micro-batch).
+    # True: forward every micro-batch with grad and keep the graphs (no extra pass; the
+    # activation memory of the whole mini-batch).  Same bounds and gradients either way.
+    keep_graphs: bool = False
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
@@ -182,6 +187,10 @@ class Config:
             raise ValueError(
                 f"train.micro_batch_size={t.micro_batch_size} does not divide the mini-batch of"
                 f" {mini} sequences"
+            )
+        if not isinstance(t.keep_graphs, bool):
+            raise ValueError(
+                f"train.keep_graphs={t.keep_graphs!r} is not allowed: use true or false"
             )
         if t.cpu_threads < 0:
             raise ValueError(f"train.cpu_threads={t.cpu_threads} is out of range: allowed >= 0")

@@ -657,6 +657,11 @@ class Trainer:
             )  # fmt: skip
         return lp
 
+    @torch.no_grad()
+    def _presearch_logprobs(self, parts) -> list[torch.Tensor]:
+        """The current log-probs of every micro-batch, no grad: BAPO's search input."""
+        return [self._logprobs(p[0]) for p in parts]
+
     def _update_once(self, batch: list[Sample], staleness: int) -> dict:
         cfg, t = self.cfg, self.cfg.train
         micro = min(t.micro_batch_size, len(batch))
@@ -664,17 +669,21 @@ class Trainer:
         n_tokens = sum(int(p[0].completion_mask.sum()) for p in parts)
         count = n_tokens if cfg.algo.agg == "token-mean" else len(batch)
 
-        # Algorithm 1, lines 8-17: bounds from the whole mini-batch, before any backward.
-        grad_lps = None
+        # Algorithm 1, lines 8-17: bounds from the whole mini-batch, before any backward.  Only
+        # BAPO needs the current log-probs of every micro-batch before the first backward (a
+        # no-grad forward pass when there are several); a fixed clip reuses the log-probs of
+        # its gradient passes for the metrics.
+        grad_lps, current, flat, bounds = None, None, None, None
         if len(parts) == 1:
             grad_lps = [self._logprobs(parts[0][0])]
             current = [grad_lps[0].detach()]
-        else:
-            with torch.no_grad():
-                current = [self._logprobs(p[0]) for p in parts]
-        flat = _flatten(current, parts)
-        bounds = None
+        elif isinstance(self.clip_rule, BAPOConfig) and t.keep_graphs:
+            grad_lps = [self._logprobs(p[0]) for p in parts]  # every graph kept until backward
+            current = [lp.detach() for lp in grad_lps]
+        elif isinstance(self.clip_rule, BAPOConfig):
+            current = self._presearch_logprobs(parts)
         if isinstance(self.clip_rule, BAPOConfig):
+            flat = _flatten(current, parts)
             bounds = search_bounds(*flat, None, self.clip_rule)
             rule = FixedClip(bounds.c_low, bounds.c_high, self.clip_rule.dual_clip)
         else:
@@ -686,8 +695,10 @@ class Trainer:
         # Algorithm 1, line 19: the clipped surrogate, micro-batch by micro-batch.
         self.optimizer.zero_grad(set_to_none=True)
         total_loss, finite = 0.0, True
+        seen = []  # the log-probs of the gradient passes (a fixed clip's metrics use them)
         for k, (packed, old, adv, _ver) in enumerate(parts):
             lp = grad_lps[k] if grad_lps is not None else self._logprobs(packed)
+            seen.append(lp.detach())
             loss, _ = policy_loss(lp, old, adv, packed.completion_mask, rule, cfg.algo.agg,
                                   count=count)  # fmt: skip
             if not torch.isfinite(loss):
@@ -713,6 +724,8 @@ class Trainer:
 
         # What this update saw, measured the same way for every algorithm (Eq. 8's weight is
         # algo.rollout_weight: by default the plain sum over sampled tokens).
+        if flat is None:  # a fixed clip: the gradient passes' own log-probs
+            flat = _flatten(seen, parts[: len(seen)])
         with torch.no_grad():
             _, st = policy_loss(*flat, None, rule, rollout_weight=cfg.algo.rollout_weight)
         rec = st.as_metrics()
@@ -727,6 +740,7 @@ class Trainer:
         })  # fmt: skip
         if bounds is not None:
             rec["bapo/search_steps"] = bounds.n_steps
+            rec["bapo/search_skipped"] = float(bounds.skipped)
         if self._updates_log is not None:
             self._updates_log.log({"step": self.step, "version": self.version, **rec})
         if self.update_hook is not None:

@@ -23,8 +23,8 @@ REPORT_METRICS = [
     ("bapo/rho", "positive share rho (Eq. 8)"),
     ("bapo/c_high", "c_high"),
     ("bapo/c_low", "c_low"),
-    ("clip/high_frac", "clipped: A>0, r >= c_high"),
-    ("clip/low_frac", "clipped: A<0, r <= c_low"),
+    ("clip/high_frac", "clipped: A>0, r > c_high"),
+    ("clip/low_frac", "clipped: A<0, r < c_low"),
     ("policy/grad_norm", "grad norm"),
 ]
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
