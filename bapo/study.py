@@ -34,15 +34,24 @@ class ClaimError(AssertionError):
     """A sentence about a run that its numbers do not support."""
 
 
+class Checked(str):
+    """The line :func:`expect` printed.  A notebook cell ending in ``expect(...)`` shows it once:
+    IPython displays nothing more for it (no ``Out[]`` echo of the printed line)."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
 def expect(condition: bool, claim: str, **numbers: float) -> str:
     """Check ``claim`` against a run: raise :class:`ClaimError` with ``numbers`` when
-    ``condition`` is false, else return (and print) ``"checked: <claim> (numbers)"``."""
+    ``condition`` is false, else print and return ``"checked: <claim> (numbers)"`` (a
+    :class:`Checked` string, which notebooks do not echo a second time)."""
     shown = ", ".join(f"{k}={_fmt(v)}" for k, v in numbers.items())
     if not condition:
         raise ClaimError(f"claim not supported by this run: {claim} ({shown})")
     line = f"checked: {claim}" + (f" ({shown})" if shown else "")
     print(line)
-    return line
+    return Checked(line)
 
 
 def _fmt(v) -> str:

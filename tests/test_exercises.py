@@ -22,7 +22,7 @@ def surrogate_loop(ratio, adv, c_low, c_high):
 def indicator_loop(ratio, adv, c_low, c_high):
     keep = []
     for r, a in zip(ratio.tolist(), adv.tolist()):
-        clipped = (a > 0 and r >= c_high) or (a < 0 and r <= c_low)
+        clipped = (a > 0 and r > c_high) or (a < 0 and r < c_low)
         keep.append(not clipped)
     return torch.tensor(keep)
 
@@ -60,9 +60,9 @@ def second_order_by_hand(z, adv, eta):
 def share_loop(ratio, adv, c_low, c_high):
     pos = neg = 0.0
     for r, a in zip(ratio.tolist(), adv.tolist()):
-        if a > 0 and r < c_high:
+        if a > 0 and r <= c_high:
             pos += a * r
-        elif a < 0 and r > c_low:
+        elif a < 0 and r >= c_low:
             neg += -a * r
     return pos / (pos + neg)
 
@@ -93,8 +93,8 @@ def clip_fractions_loop(log_probs, old_log_probs, adv, mask, c_low, c_high):
             continue
         n += 1
         r = math.exp(float(lp - old))
-        high += a > 0 and r >= c_high
-        low += a < 0 and r <= c_low
+        high += a > 0 and r > c_high
+        low += a < 0 and r < c_low
     return high / n, low / n
 
 

@@ -62,3 +62,17 @@ def test_expect_passes_and_fails_with_the_numbers(capsys):
     assert "rho=0.3" in capsys.readouterr().out
     with pytest.raises(ClaimError, match=r"entropy falls \(start=1, end=2\)"):
         expect(False, "entropy falls", start=1, end=2)
+
+
+def test_expect_is_not_echoed_twice_in_a_notebook(capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_cell("from bapo.study import expect")
+    capsys.readouterr()
+    result = shell.run_cell("expect(1 < 2, 'one is below two')")
+    out = capsys.readouterr().out
+    assert result.result == "checked: one is below two"  # still the line, as a str
+    assert out.count("checked: one is below two") == 1  # printed once, no Out[] echo
+    shell.run_cell("'a plain string'")  # the shell does echo other values
+    assert "a plain string" in capsys.readouterr().out

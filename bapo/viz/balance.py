@@ -71,8 +71,8 @@ def balance_figure(
     n_zero = int((a == 0).sum())
     fig = make_subplots(
         rows=1, cols=2, column_widths=[0.3, 0.7], horizontal_spacing=0.12,
-        subplot_titles=(f"share of the loss (rho = {b['rho']:.3f})",
-                        "token probability vs importance weight"),
+        subplot_titles=(f"loss share, rho = {b['rho']:.3f}",
+                        "each token: probability vs importance ratio"),
     )  # fmt: skip
     total = max(b["pos"] + b["neg"], 1e-300)
     # token counts go in the category labels, so the rho0 line crosses no text
@@ -84,9 +84,15 @@ def balance_figure(
         1, 1,
     )  # fmt: skip
     fig.add_hline(y=rho0, line_dash="dash", row=1, col=1)
-    fig.add_annotation(x=1.0, xref="x domain", y=rho0, yref="y", text=f"rho0 = {rho0:g}",
-                       showarrow=False, xanchor="right", yanchor="bottom", row=1, col=1,
-                       bgcolor="rgba(255,255,255,0.8)")  # fmt: skip
+    # rho0 is named among the y-axis ticks: no bar or bar label lies under its label
+    ticks = sorted({0.0, 0.2, 0.4, 0.6, 0.8, 1.0} - {round(rho0, 1)} | {rho0})
+    fig.update_yaxes(
+        tickvals=ticks,
+        row=1,
+        col=1,
+        ticktext=[f"rho0 {t:g}" if t == rho0 else f"{t:g}" for t in ticks],
+    )
+    fig.update_annotations(font_size=13)  # the two titles fit side by side at 700 px
     fig.update_xaxes(title_text=f"+ {n_zero} tokens with A = 0 (no loss, not shown)", row=1, col=1)
     r = batch.ratio
     prob = torch.exp(batch.log_probs)

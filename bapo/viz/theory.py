@@ -180,7 +180,7 @@ def clip_rule_view(
     fig = make_subplots(
         rows=1, cols=2, horizontal_spacing=0.1,
         subplot_titles=(
-            "ratio r = pi / pi_rollout (tokens by pi_rollout)",
+            "ratio r = pi / pi_rollout",
             f"dH per token: sum {dec.eq6:+.4f}, measured {measured:+.4f}",
         ),
     )  # fmt: skip
@@ -223,6 +223,7 @@ def clip_rule_view(
     fig.update_yaxes(title_text="nats", row=1, col=2)
     fig.update_xaxes(title_text="token (most probable under pi_rollout first)", row=1, col=1)
     fig.update_xaxes(title_text="token", row=1, col=2)
+    fig.update_annotations(font_size=12)  # two titles side by side at a notebook's 700 px
     fig.update_layout(
         height=430, bargap=0.15, legend=dict(orientation="h", y=-0.3),
         title=f"[c_low, c_high] = [{c_low:.2f}, {c_high:.2f}], epoch {staleness} on the same data",
