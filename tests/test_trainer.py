@@ -519,3 +519,20 @@ def test_a_model_folder_without_its_tokenizer_is_a_clear_error(tmp_path, embedde
     (folder / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):
         load_model(str(folder))
+
+
+def test_a_failed_save_after_an_error_raises_the_steps_own_error(tmp_path, embedded_model):
+    cfg = tiny(tmp_path, "grpo", "train.steps=3")
+    box = {}
+
+    def crash():
+        box["t"].model.save_pretrained = broken  # the rescue save fails too
+        raise RuntimeError("the step's own error")
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    box["t"] = Trainer(cfg, update_hook=_hook_at(2, crash, box))
+    with pytest.raises(RuntimeError, match="the step's own error"):
+        box["t"].train()
+    assert latest_checkpoint(tmp_path) is None
