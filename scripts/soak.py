@@ -107,10 +107,11 @@ def _written_since(path: Path, t0_ns: int) -> bool:
 def check_stop(out: Path, sig: int, code: int, err: str) -> str | None:
     """What is wrong with how a SIGINT/SIGTERM run stopped, or None.
 
-    A signal that arrives before train() takes over the signals (the soak waits for train() to
-    rewrite config.yaml, which it does after taking them over, so this should not happen)
-    stops the process the default way (-15 for SIGTERM, the shell's 143) before any step:
-    accepted, with nothing to check (the resume must still come out identical)."""
+    A signal that arrives while train() does not hold the signals - before it takes them over
+    (the soak waits for train() to rewrite config.yaml, which it does after taking them over)
+    or after the run has finished and given them back - stops the process the default way
+    (-2 / -15, the shell's 130 / 143) with no step in progress: accepted, with nothing to check
+    here (the resume must still come out identical)."""
     from bapo.train.checkpoint import latest_checkpoint
 
     if sig == signal.SIGKILL:

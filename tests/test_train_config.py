@@ -125,3 +125,11 @@ def test_yaml_errors_name_the_file_and_line(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="is not a file"):
         load_config(config_file=str(tmp_path))
+
+
+def test_a_config_file_naming_another_task_starts_without_the_default_options(tmp_path):
+    path = tmp_path / "guess.yaml"
+    path.write_text("task:\n  name: guess-check\n")
+    assert load_config(config_file=str(path)).task.options == {}
+    path.write_text("task:\n  name: arithmetic\n")
+    assert load_config(config_file=str(path)).task.options == {"digits": 1, "ops": "+-*"}

@@ -572,3 +572,50 @@ def test_a_model_folder_without_its_tokenizer_is_a_clear_error(tmp_path, embedde
     (folder / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):
         load_model(str(folder))
+
+
+def test_a_failed_save_after_an_error_raises_the_steps_own_error(tmp_path, embedded_model):
+    cfg = tiny(tmp_path, "grpo", "train.steps=3")
+    box = {}
+
+    def crash():
+        box["t"].model.save_pretrained = broken  # the rescue save fails too
+        raise RuntimeError("the step's own error")
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    box["t"] = Trainer(cfg, update_hook=_hook_at(2, crash, box))
+    with pytest.raises(RuntimeError, match="the step's own error"):
+        box["t"].train()
+    assert latest_checkpoint(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    "scenario", [["offpolicy.replay_fraction=0.5", "offpolicy.replay_max_age=4"],
+                 ["offpolicy.partial_budget=2", "rollout.max_new_tokens=6"]],
+    ids=["replay", "partial"],
+)  # fmt: skip
+def test_rollback_restores_the_replay_buffer_and_unfinished_rollouts(
+    tmp_path, embedded_model, scenario
+):
+    over = ["train.steps=5", "train.epochs=2", *scenario]
+    ref = Trainer(tiny(tmp_path / "ref", "bapo", *over))
+    ref.train()
+    box, fired = {}, []
+
+    def crash_once():
+        if not fired:
+            fired.append(1)
+            raise RuntimeError("once")
+
+    box["t"] = Trainer(tiny(tmp_path / "run", "bapo", *over),
+                       update_hook=_hook_at(4, crash_once, box, update_index=1))  # fmt: skip
+    with pytest.raises(RuntimeError):
+        box["t"].train()
+    assert box["t"].step == 3
+    resumed = Trainer(tiny(tmp_path / "run", "bapo", *over), resume=True)
+    resumed.train()
+    assert _rows(tmp_path / "run" / "metrics.jsonl") == _rows(tmp_path / "ref" / "metrics.jsonl")
+    assert _rows(tmp_path / "run" / "updates.jsonl") == _rows(tmp_path / "ref" / "updates.jsonl")
+    assert _same_weights(_weights(resumed), _weights(ref))

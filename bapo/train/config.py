@@ -312,6 +312,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict) -> Config:
+        task = data.get("task") if isinstance(data, dict) else None
+        if isinstance(task, dict) and "options" not in task:
+            if task.get("name", TaskConfig.name) != TaskConfig.name:
+                # the default options are the default task's: another task starts with none
+                data = {**data, "task": {**task, "options": {}}}
         return _build(cls, data, prefix="")
 
     @classmethod

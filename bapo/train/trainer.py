@@ -323,10 +323,15 @@ class Trainer:
             rolled_back = self._rollback_point is not None
             self._rollback()
             if self.step > 0 or self._save_requested:
-                path = self._save_once()
-                where = "the step's start" if rolled_back else f"step {self.step}"
-                print(f"\nstopped by an error: checkpoint of {where} written to {path}",
-                      file=sys.stderr)  # fmt: skip
+                try:
+                    path = self._save_once()
+                except Exception as e:  # the step's own error is the one to raise
+                    print(f"\nstopped by an error, and no checkpoint could be written ({e})",
+                          file=sys.stderr)  # fmt: skip
+                else:
+                    undone = " (the failed step was rolled back)" if rolled_back else ""
+                    print(f"\nstopped by an error: checkpoint of step {self.step} written to"
+                          f" {path}{undone}", file=sys.stderr)  # fmt: skip
             raise
         finally:
             self._rollback_point = None
@@ -409,6 +414,7 @@ class Trainer:
             extra_files=[marker] if marker is not None and marker.is_file() else [],
         )  # fmt: skip
         self._saved_step = self.step
+        self._save_requested = False
         return path
 
     def _save_once(self) -> Path:
