@@ -65,24 +65,26 @@ def test_processed_logprobs_stop_tokens_and_sleep_as_no_ops(tiny, tiny_path):
     ``stop_token_ids``, ``sleep_level`` (sleep without sleep mode does nothing), ``seed``."""
     model, tok, prompts = tiny
     eos = tok.eos_token_id
-    stop = tok.convert_tokens_to_ids("0")  # a digit, so completions often stop early on it
+    digits = [tok.convert_tokens_to_ids(c) for c in "0123456789"]  # every answer has one
+    stops = {eos, *digits}
     e = engine(tiny_path, gpu_memory_utilization=0.9, max_model_len=64, sleep_level=2, seed=3,
-               stop_token_ids=[eos, stop])  # fmt: skip
+               stop_token_ids=[eos, *digits])  # fmt: skip
     params = SamplingParams(temperature=0.6, max_new_tokens=8)
     gens = e.generate(prompts * 4, params, seed=0)
     m = recompute(model, tok, gens, 0.6)
     assert m.abs_max < TINY_TOL, m
-    ends = [g.completion_ids[-1] for g in gens if g.finished]
-    assert ends and set(ends) <= {eos, stop}
-    assert any(g.completion_ids[-1] == stop for g in gens)
+    assert sum(g.completion_ids[-1] in digits for g in gens) >= len(gens) // 2
     for g in gens:  # a stop token only ever ends a completion
-        assert not set(g.completion_ids[:-1]) & {eos, stop}
+        assert not set(g.completion_ids[:-1]) & stops
+        assert g.finished == (g.completion_ids[-1] in stops)
         assert g.finished or len(g.completion_ids) == 8
     e.sleep()  # no sleep mode: nothing released, generation goes on
     e.wake()
     again = e.generate(prompts * 4, params, seed=0)
     assert [g.completion_ids for g in again] == [g.completion_ids for g in gens]
-    with pytest.raises(ValueError, match="max_model_len|longer than|maximum"):
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match="maximum context length is 64 tokens"):
         e.generate([prompts[0] * 20], params, seed=0)  # over max_model_len=64
 
 
