@@ -44,7 +44,7 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 
 # The vLLM tests (tests/vllm_cpu/) against real vLLM on CPU, float32, in-process engine.
 test-vllm: venv-vllm
-	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q tests/vllm_cpu tests/test_vllm_engine.py
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q tests/test_vllm_engine.py tests/vllm_cpu
 
 # Rollout tokens/s of the vLLM engine vs the transformers engine on SmolLM2 (prints the ratio).
 bench-vllm: venv-vllm

@@ -308,6 +308,9 @@ def fake_vllm(monkeypatch):
     mod.LLM = _FakeLLM
     mod.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
     monkeypatch.setitem(sys.modules, "vllm", mod)
+    # where a real vLLM was imported earlier in the session (make test-vllm), its submodules
+    # stay in sys.modules: hide the one the engine consults, so the stand-in is all it sees
+    monkeypatch.setitem(sys.modules, "vllm.platforms", None)
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     _FakeLLM.instances.clear()
     return mod

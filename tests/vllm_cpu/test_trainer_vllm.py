@@ -15,8 +15,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="needs vLLM: `make test-vllm` runs this in .venv-vllm")
 
-ARGS = [
-    "--preset", "cpu-smollm2", "--algo", "bapo",
+OVERRIDES = [
     "rollout.engine=vllm", "rollout.enable_sleep_mode=false",
     "train.prompts_per_step=2", "train.group_size=4", "rollout.max_new_tokens=12",
     "train.lr=1e-4", "run.progress=false",
@@ -28,8 +27,8 @@ MISMATCH_MAX = 1e-3  # fp32 engine vs fp32 trainer (tests/vllm_cpu/test_engine.p
 
 
 def _train(out: Path, steps: int, *extra: str) -> list[dict]:
-    cmd = [sys.executable, "-m", "bapo.cli", "train", *ARGS, "--out", str(out),
-           f"train.steps={steps}", *extra]  # fmt: skip
+    options = ["--preset", "cpu-smollm2", "--algo", "bapo", "--out", str(out), *extra]
+    cmd = [sys.executable, "-m", "bapo.cli", "train", *options, *OVERRIDES, f"train.steps={steps}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
