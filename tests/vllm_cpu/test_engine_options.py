@@ -28,7 +28,8 @@ TINY_TOL = 1e-4  # fp32 on both sides, 2 layers: see test_engine.py for the reas
 
 @pytest.fixture(scope="module")
 def tiny(tiny_path):
-    model, tok = load_model(str(tiny_path), dtype="float32")
+    model, tok = load_model("embedded-vllm", dtype="float32")  # the name a config would use
+    assert model.name_or_path == str(tiny_path) and model.config.head_dim == 32
     task = EmbeddedSpec.for_vllm_cpu().make_task()
     import random
 
