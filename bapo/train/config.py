@@ -49,7 +49,8 @@ class RolloutConfig:
     max_new_tokens: int = 8
     batch_size: int = 256  # sequences per generation batch (hf engine)
     gpu_memory_utilization: float = 0.4  # vllm engine
-    enable_sleep_mode: bool = True  # vllm engine
+    # vllm engine; None: on where vLLM's platform has sleep mode (CUDA/ROCm), off on CPU
+    enable_sleep_mode: bool | None = None
 
 
 @dataclass

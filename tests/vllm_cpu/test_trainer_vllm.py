@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("vllm", reason="needs vLLM: `make test-vllm` runs this in .venv-vllm")
 
 OVERRIDES = [
-    "rollout.engine=vllm", "rollout.enable_sleep_mode=false",
+    "rollout.engine=vllm",  # sleep mode left at its default: off on vLLM's CPU platform
     "train.prompts_per_step=2", "train.group_size=4", "rollout.max_new_tokens=12",
     "train.lr=1e-4", "run.progress=false",
 ]  # fmt: skip
