@@ -50,18 +50,18 @@ def timeit(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def interleaved(fns, repeat: int) -> list[float]:
+def interleaved(fns, repeat: int, clock=time.perf_counter) -> list[float]:
     """Median time of each function, the functions run in turn ``repeat`` times."""
     for fn in fns:
         fn()  # warm up
     times = [[] for _ in fns]
     for _ in range(repeat):
         for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            ts.append(time.perf_counter() - t0)
+            ts.append(clock() - t0)
     return [statistics.median(ts) for ts in times]
 
 

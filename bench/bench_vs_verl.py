@@ -20,10 +20,10 @@ verl's ``compute_policy_loss_vanilla`` is used where verl is importable (``.venv
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
+from bench_loss import interleaved  # bench/ is on the path when run as a script
 
 from bapo import BAPOConfig, FixedClip, policy_loss
 from bapo.demo import synthetic_batch
@@ -78,21 +78,6 @@ def verl_vanilla():
                   loss_agg_mode="token-mean", config=config, rollout_is_weights=None)  # fmt: skip
 
     return run
-
-
-def interleaved(fns, repeat: int, clock=time.perf_counter) -> list[float]:
-    """Median time of each function on ``clock``, the functions run in turn ``repeat`` times."""
-    for fn in fns:
-        fn()  # warm up
-    times = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, ts in zip(fns, times):
-            t0 = clock()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            ts.append(clock() - t0)
-    return [statistics.median(ts) for ts in times]
 
 
 def main() -> None:
