@@ -620,3 +620,21 @@ def test_rollback_restores_the_replay_buffer_and_unfinished_rollouts(
     assert _rows(tmp_path / "run" / "metrics.jsonl") == _rows(tmp_path / "ref" / "metrics.jsonl")
     assert _rows(tmp_path / "run" / "updates.jsonl") == _rows(tmp_path / "ref" / "updates.jsonl")
     assert _same_weights(_weights(resumed), _weights(ref))
+
+
+def test_progress_bar_only_where_someone_watches(monkeypatch):
+    import io
+    import sys
+
+    from bapo.train.trainer import _progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    assert _progress(True, 10, 0, stream=io.StringIO()) is None  # a pipe or a log file
+    assert _progress(False, 10, 0, stream=Terminal()) is None  # run.progress=false
+    bar = _progress(True, 10, 0, stream=Terminal())
+    assert bar is not None and bar.total == 10
+    bar.close()

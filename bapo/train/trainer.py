@@ -813,12 +813,16 @@ def _mean(xs) -> float:
     return float(sum(xs) / len(xs)) if xs else float("nan")
 
 
-def _progress(enabled: bool, total: int, initial: int):
-    if not enabled:
+def _progress(enabled: bool, total: int, initial: int, stream=None):
+    """A progress bar in a terminal or a notebook; none in a log file or a pipe (CI), where a
+    redrawn bar would only add a line per refresh."""
+    stream = sys.stderr if stream is None else stream
+    interactive = "ipykernel" in sys.modules or getattr(stream, "isatty", lambda: False)()
+    if not enabled or not interactive:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, file=stream)
 
 
 @dataclasses.dataclass
