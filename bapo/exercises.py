@@ -130,8 +130,7 @@ class Exercise:
 # ----------------------------------------------------------------------------------------------
 def _as_tensor(x) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
-        t = x.detach()
-        return t.to(torch.float64) if t.dtype != torch.bool else t.to(torch.float64)
+        return x.detach().to(torch.float64)
     if isinstance(x, (tuple, list)):
         return torch.cat([_as_tensor(v).reshape(-1) for v in x]) if x else torch.zeros(0)
     return torch.as_tensor(float(x), dtype=torch.float64)
@@ -595,14 +594,6 @@ def _spanning_case(gen) -> dict:
     return dict(samples=_versions_case(gen)["samples"])
 
 
-def _samples_data(version_key: bool):
-    def cases(data) -> list[dict]:
-        samples, version = data
-        return [dict(samples=samples, version=version)] if version_key else [dict(samples=samples)]
-
-    return cases
-
-
 # ----------------------------------------------------------------------------------------------
 # the catalogue
 # ----------------------------------------------------------------------------------------------
@@ -791,7 +782,7 @@ EXERCISES: dict[str, Exercise] = {
             _versions_case,
             "every token has an age: version minus the version that wrote it (s.versions)",
             (("count the age of every token, not one age per completion", _sample_ages),),
-            data_cases=_samples_data(True),
+            data_cases=lambda data: [dict(samples=data[0], version=data[1])],
         ),
         Exercise(
             "spanning_share",

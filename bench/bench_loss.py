@@ -65,6 +65,15 @@ def interleaved(fns, repeat: int, clock=time.perf_counter) -> list[float]:
     return [statistics.median(ts) for ts in times]
 
 
+def token_batch(tokens: int):
+    """A stale synthetic GRPO batch of about ``tokens`` completion tokens (groups of 8)."""
+    max_len = 512
+    mean_len = 0.375 * max_len * 1.3  # see synthetic_batch: wrong answers run 1.6x longer
+    n_prompts = max(1, round(tokens / (8 * mean_len)))
+    return synthetic_batch(n_prompts=n_prompts, group_size=8, max_len=max_len, accuracy=0.5,
+                           staleness=16, seed=0)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=1_000_000)
@@ -72,11 +81,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
 
-    max_len = 512
-    mean_len = 0.375 * max_len * 1.3  # see synthetic_batch: wrong answers run 1.6x longer
-    n_prompts = max(1, round(args.tokens / (8 * mean_len)))
-    b = synthetic_batch(n_prompts=n_prompts, group_size=8, max_len=max_len, accuracy=0.5,
-                        staleness=16, seed=0)  # fmt: skip
+    b = token_batch(args.tokens)
     dev = torch.device(args.device)
     lp0, old = b.log_probs.to(dev), b.old_log_probs.to(dev)
     adv = b.advantages.to(dev)

@@ -23,10 +23,9 @@ import argparse
 import time
 
 import torch
-from bench_loss import interleaved  # bench/ is on the path when run as a script
+from bench_loss import interleaved, token_batch  # bench/ is on the path as a script
 
 from bapo import BAPOConfig, FixedClip, policy_loss
-from bapo.demo import synthetic_batch
 
 
 def _masked_sum(values, mask):
@@ -96,11 +95,7 @@ def main() -> None:
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
 
-    max_len = 512
-    mean_len = 0.375 * max_len * 1.3  # see synthetic_batch: wrong answers run 1.6x longer
-    n_prompts = max(1, round(args.tokens / (8 * mean_len)))
-    b = synthetic_batch(n_prompts=n_prompts, group_size=8, max_len=max_len, accuracy=0.5,
-                        staleness=16, seed=0)  # fmt: skip
+    b = token_batch(args.tokens)
     dev = torch.device(args.device)
     lp0, old = b.log_probs.to(dev), b.old_log_probs.to(dev)
     adv = b.advantages.to(dev)[:, None].expand_as(lp0).contiguous()  # verl: per token
