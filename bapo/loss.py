@@ -463,6 +463,20 @@ def search_path(
     return _search(ratio, advantages, abs_w, cfg, sync_distributed, group)
 
 
+@lru_cache(maxsize=64)
+def _search_tables(a_minus, b_minus, delta2, a_plus, b_plus, delta1, order, device, dtype):
+    """The search's constant tensors for one grid, built once per grid, device and dtype:
+    the exact grid values ``a + k*delta`` in float64 (reported, and used by the value
+    measure), the merged bucket grid ``[-c_low reversed, c_high]`` in the ratio's dtype, and
+    the grid indices of every point of the path (Algorithm 1's order)."""
+    h64 = torch.tensor(_grid(a_plus, b_plus, delta1), dtype=torch.float64, device=device)
+    l64 = torch.tensor(_grid(a_minus, b_minus, delta2), dtype=torch.float64, device=device)
+    grid = torch.cat([-l64.to(dtype).flip(0), h64.to(dtype)])
+    k_low, k_high = _path_indices(order, len(l64) - 1, len(h64) - 1)
+    as_index = lambda k: torch.tensor(k, device=device)  # noqa: E731
+    return h64, l64, grid, as_index(k_low), as_index(k_high)
+
+
 def _distributed(sync: bool) -> bool:
     """True when collectives should run: asked for, and a process group is initialised."""
     return sync and torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -480,11 +494,10 @@ def _search(
     abs_w = abs_w.reshape(-1)
 
     n_low, n_high = cfg.n_low, cfg.n_high
-    # exact grid values a + k*delta in float64 (reported, and used by the value measure); the
-    # buckets compare in the ratio's dtype, exactly as `ratio > c_high` does in the loss
-    h64 = torch.tensor(_grid(cfg.a_plus, cfg.b_plus, cfg.delta1), dtype=torch.float64)
-    l64 = torch.tensor(_grid(cfg.a_minus, cfg.b_minus, cfg.delta2), dtype=torch.float64)
-    h64, l64 = h64.to(ratio.device), l64.to(ratio.device)
+    h64, l64, grid, k_low, k_high = _search_tables(
+        cfg.a_minus, cfg.b_minus, cfg.delta2, cfg.a_plus, cfg.b_plus, cfg.delta1, cfg.order,
+        ratio.device, ratio.dtype,
+    )  # fmt: skip
     # One bucketize serves both signs.  A positive token's query is r on the c_high grid, a
     # negative token's is -r on the mirrored c_low grid (-c_low < 0 < c_high, so the two halves
     # of the merged grid never mix), and bucketize(right=False) counts grid points < query,
@@ -494,8 +507,6 @@ def _search(
     #   A < 0: i_i = #{c_low[k] > r}; the token is unclipped at c_low[k] iff r >= c_low[k]
     #          iff i_i <= n_low - k, so sum_neg[k] is a prefix sum up to n_low - k.
     # Comparisons run in the ratio's dtype, exactly as `ratio > c_high` does in the loss.
-    lo_grid, hi_grid = l64.to(ratio.dtype), h64.to(ratio.dtype)
-    grid = torch.cat([-lo_grid.flip(0), hi_grid])
     is_pos = adv > 0
     if query is None:  # r for A > 0, -r for A < 0 (A = 0 weighs 0)
         query = ratio * adv.sign().to(ratio.dtype)
@@ -533,9 +544,6 @@ def _search(
     clippable = hists[:, 1 : n_low + 2].sum() + hists[:, n_low + 3 :].sum()
     skipped = ~(clippable > 0)
 
-    k_low_t, k_high_t = _path_indices(cfg.order, n_low, n_high)
-    k_low = torch.tensor(k_low_t, device=ratio.device)
-    k_high = torch.tensor(k_high_t, device=ratio.device)
     pos, neg = pos_sum[k_high], neg_sum[k_low]
     if cfg.target == "share":
         met = (pos >= cfg.rho0 * (pos + neg)) & (pos + neg > 0)
@@ -544,8 +552,7 @@ def _search(
     # A batch with no weighted advantage at all (empty mask, or every A = 0) carries no signal:
     # stay at the start.  Otherwise stop at the first point that meets the target, or the last.
     first = torch.argmax(met.to(torch.int8))
-    last = torch.tensor(len(k_low_t) - 1, device=ratio.device)
-    stop = torch.where(met.any(), first, last)
+    stop = torch.where(met.any(), first, len(k_low) - 1)
     stop = torch.where(any_signal & ~skipped, stop, torch.zeros_like(stop))
     stop, skipped = torch.stack([stop, skipped.to(stop.dtype)]).tolist()  # the one host sync
     return SearchPath(
