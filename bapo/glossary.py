@@ -240,6 +240,19 @@ METRICS: dict[str, Entry] = _table([
      "Completion tokens processed by this step's updates, summed over updates (a token used by"
      " E epochs counts E times)",
      "tokens", STEP),
+    ("train/graphs_kept",
+     "Micro-batches whose graph from BAPO's search pass also served the gradient pass"
+     " (train.keep_graphs, train.graph_memory_gb); 0 for a fixed clip, which has no search pass",
+     "micro-batches", UPDATE),
+    ("memory/graphs_mb",
+     "Memory the kept graphs held when Algorithm 1's search ran (train.keep_graphs=auto only):"
+     " the growth of allocated memory on CUDA, the tensors saved for backward elsewhere, measured"
+     " on the longest rows so far and scaled by size for shorter ones",
+     "MiB", UPDATE),
+    ("train/extra_forwards",
+     "Micro-batches forwarded twice in this update: without grad for Algorithm 1's search, then"
+     " with grad (their graphs did not fit); 0 for a fixed clip",
+     "micro-batches", UPDATE),
     # --- the policy update ------------------------------------------------------------------
     ("policy/loss",
      "The clipped surrogate loss (negated Eq. 4; Algorithm 1 line 19) of this update, summed over"

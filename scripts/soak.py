@@ -37,7 +37,7 @@ SCENARIOS = {
     "partial": ["--scenario", "partial"],
 }
 KINDS = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM}
-VOLATILE = ("time/", "speed/")
+VOLATILE = ("time/", "speed/", "memory/")
 
 
 def train_argv(out: Path, scenario: str, steps: int, *extra: str) -> list[str]:

@@ -19,7 +19,7 @@ from bapo.train.config import load_config
 from bapo.train.metrics import read_jsonl
 from bapo.train.trainer import HardInterrupt, NonFiniteLossError, Trainer, TrainingInterrupted
 
-VOLATILE = ("time/", "speed/")
+VOLATILE = ("time/", "speed/", "memory/")
 
 
 def tiny(tmp_path, algo="bapo", *extra):
@@ -237,25 +237,38 @@ def test_stale_batch_ratios_move_only_after_updates(tmp_path, embedded_model):
         stale_batch(tiny(tmp_path / "c"), updates=-1)
 
 
-@pytest.mark.parametrize("algo", ["grpo", "bapo"])
-def test_only_bapo_runs_a_no_grad_forward_pass_before_the_update(tmp_path, embedded_model, algo,
-                                                                 monkeypatch):  # fmt: skip
-    calls = []
-    original = Trainer._presearch_logprobs
+def count_forwards(monkeypatch):
+    """Record every forward pass of the update as ``(update, with grad)``; the update index
+    advances with each optimizer step."""
+    calls, original = [], Trainer._logprobs
+    monkeypatch.setattr(Trainer, "_logprobs", lambda self, packed: calls.append(
+        (self.version, torch.is_grad_enabled())) or original(self, packed))  # fmt: skip
+    return calls
 
-    def counting(self, parts):
-        calls.append(len(parts))
-        return original(self, parts)
 
-    monkeypatch.setattr(Trainer, "_presearch_logprobs", counting)
+@pytest.mark.parametrize(("algo", "keep", "no_grad"), [
+    ("grpo", "auto", 0), ("bapo", "auto", 0), ("bapo", "true", 0), ("bapo", "false", 3),
+])  # fmt: skip
+def test_forward_passes_per_update(tmp_path, embedded_model, algo, keep, no_grad, monkeypatch):
+    """16 samples in 4 micro-batches: a fixed clip forwards each once, with grad; BAPO as well
+    when it keeps the graphs of its search pass, and with ``keep_graphs=false`` it keeps only
+    the first and forwards the other three twice (no grad for the search, then with grad)."""
+    calls = count_forwards(monkeypatch)
     seen = []
-    cfg = tiny(tmp_path, algo, "train.steps=1", "train.micro_batch_size=4")  # 16 samples: 4 parts
+    cfg = tiny(tmp_path, algo, "train.steps=1", "train.micro_batch_size=4",
+               f"train.keep_graphs={keep}")  # fmt: skip
     Trainer(cfg, update_hook=seen.append).train()
     logged = read_jsonl(tmp_path / "updates.jsonl")
-    if algo == "bapo":
-        assert calls and all(n > 1 for n in calls)
-    else:
-        assert calls == []  # a fixed clip needs no search input: no extra forward pass
+    by_update = {}
+    for version, grad in calls:
+        by_update.setdefault(version, []).append(grad)
+    assert len(by_update) == len(logged) == 1
+    (passes,) = by_update.values()
+    assert passes.count(False) == no_grad and passes.count(True) == 4
+    (rec,) = logged
+    assert rec["train/extra_forwards"] == no_grad
+    assert rec["train/graphs_kept"] == (0 if algo == "grpo" else 4 - no_grad)
+    assert ("memory/graphs_mb" in rec) == (algo == "bapo" and keep == "auto")
     for hook, rec in zip(seen, logged, strict=True):
         lp, old, adv = hook["inputs"]  # the metrics still see every token of the mini-batch
         assert lp.numel() == rec["tokens/count"] > 0
@@ -266,28 +279,43 @@ def test_only_bapo_runs_a_no_grad_forward_pass_before_the_update(tmp_path, embed
             assert rec["policy/approx_kl"] == pytest.approx(st.approx_kl, rel=1e-9, abs=1e-12)
 
 
-def test_bapo_keep_graphs_skips_the_extra_pass_and_changes_nothing_else(tmp_path, embedded_model,
-                                                                       monkeypatch):  # fmt: skip
-    calls = []
-    original = Trainer._presearch_logprobs
-    monkeypatch.setattr(Trainer, "_presearch_logprobs",
-                        lambda self, parts: calls.append(1) or original(self, parts))  # fmt: skip
+GRAPH_KEYS = ("train/graphs_kept", "train/extra_forwards", "memory/graphs_mb")
+
+
+def test_which_graphs_are_kept_changes_nothing_else(tmp_path, embedded_model):
+    """Every way of getting the search's log-probs (all graphs kept, only the first, as many as
+    a budget of about half of them allows) gives the same bounds, losses, gradients and metrics."""
     runs = {}
-    for keep in (False, True):
-        out = tmp_path / str(keep)
-        cfg = tiny(out, "bapo", "train.steps=2", "train.micro_batch_size=4", "train.mini_batches=2",
-                   f"train.keep_graphs={str(keep).lower()}")  # fmt: skip
-        calls.clear()
-        Trainer(cfg).train()
-        runs[keep] = (stable(read_jsonl(out / "updates.jsonl")), len(calls))
-    (plain, n_plain), (kept, n_kept) = runs[False], runs[True]
-    assert n_plain > 0 and n_kept == 0
-    assert plain == kept  # same bounds, same losses, same gradients, same metrics
+    for name, extra in [("all", ["train.keep_graphs=true"]), ("auto", []),
+                        ("first", ["train.keep_graphs=false"])]:  # fmt: skip
+        runs[name] = run_updates(tmp_path / name, *extra)
+    measured = runs["auto"][0]["memory/graphs_mb"]  # 4 graphs of the first update, all kept
+    assert runs["auto"][0]["train/graphs_kept"] == 4 and measured > 0
+    runs["half"] = run_updates(tmp_path / "half", f"train.graph_memory_gb={measured / 2 / 1024}")
+    assert 1 <= runs["half"][0]["train/graphs_kept"] < 4
+    assert runs["half"][0]["memory/graphs_mb"] <= measured / 2
+    assert runs["half"][0]["train/extra_forwards"] == 4 - runs["half"][0]["train/graphs_kept"]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in GRAPH_KEYS} for r in rs]  # noqa: E731
+    assert strip(runs["all"]) == strip(runs["auto"]) == strip(runs["first"]) == strip(runs["half"])
 
 
-def test_keep_graphs_must_be_a_bool(tmp_path):
-    with pytest.raises(ValueError, match="train.keep_graphs='yes please' must be true or false"):
-        tiny(tmp_path, "bapo", "train.keep_graphs=yes please")
+def run_updates(out, *extra):
+    cfg = tiny(out, "bapo", "train.steps=2", "train.micro_batch_size=2", "train.mini_batches=2",
+               *extra)  # fmt: skip
+    Trainer(cfg).train()
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "speed/"))}
+            for r in read_jsonl(out / "updates.jsonl")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("keep_graphs", "yes please", "train.keep_graphs='yes please' is not allowed: use auto, true"),
+    ("keep_graphs", "1", "train.keep_graphs=1 is not allowed"),
+    ("graph_memory_gb", "0", r"train.graph_memory_gb=0.0 is out of range: allowed \(0, inf\)"),
+    ("graph_memory_gb", "-2", r"train.graph_memory_gb=-2.0 is out of range"),
+])  # fmt: skip
+def test_graph_options_are_checked(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(tmp_path, "bapo", f"train.{field}={value}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,10 +101,14 @@ class TrainConfig:
     mini_batches: int = 1  # M optimizer steps per epoch; staleness reaches E*M - 1
     micro_batch_size: int = 64  # sequences per forward/backward (gradient accumulation)
     # BAPO with several micro-batches: the search needs the whole mini-batch's log-probs before
-    # the first backward.  False: one extra no-grad forward pass (memory of one micro-batch).
-    # True: forward every micro-batch with grad and keep the graphs (no extra pass; the
-    # activation memory of the whole mini-batch).  Same bounds and gradients either way.
-    keep_graphs: bool = False
+    # the first backward.  Each micro-batch forwarded with grad for it keeps its graph for the
+    # gradient pass; the others get a no-grad forward and a second forward later.  "auto": keep
+    # as many graphs as fit in graph_memory_gb (measured); true: all (the activation memory of
+    # the whole mini-batch); false: only the first (the memory of one gradient pass, up to one
+    # extra forward).  Same bounds and gradients every way.
+    keep_graphs: bool | str = "auto"
+    graph_memory_gb: float | None = None  # kept graphs' budget; None: half a GPU's free memory,
+    #                                       a quarter of the host's available RAM
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
@@ -189,9 +193,14 @@ class Config:
                 f"train.micro_batch_size={t.micro_batch_size} does not divide the mini-batch of"
                 f" {mini} sequences"
             )
-        if not isinstance(t.keep_graphs, bool):
+        if not (isinstance(t.keep_graphs, bool) or t.keep_graphs == "auto"):
             raise ValueError(
-                f"train.keep_graphs={t.keep_graphs!r} is not allowed: use true or false"
+                f"train.keep_graphs={t.keep_graphs!r} is not allowed: use auto, true or false"
+            )
+        if t.graph_memory_gb is not None and not t.graph_memory_gb > 0:
+            raise ValueError(
+                f"train.graph_memory_gb={t.graph_memory_gb} is out of range: allowed (0, inf),"
+                " or empty for auto"
             )
         if t.cpu_threads < 0:
             raise ValueError(f"train.cpu_threads={t.cpu_threads} is out of range: allowed >= 0")

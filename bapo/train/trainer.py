@@ -52,6 +52,7 @@ from bapo.train.checkpoint import (
     set_rng_state,
 )
 from bapo.train.config import Config
+from bapo.train.graphs import forward_with_graph_bytes, graph_budget
 from bapo.train.logprobs import completion_logprobs, pack
 from bapo.train.metrics import MetricsLogger
 from bapo.train.offpolicy import ReplayBuffer, Sample, Trajectory
@@ -187,6 +188,9 @@ class Trainer:
         self.engine = engine if engine is not None else self._make_engine()
         self.clip_rule = cfg.algo.clip_rule()
         self.pad_id = _pad_id(tokenizer)
+        # what a kept graph holds per input element (train.keep_graphs=auto): measured on the
+        # longest rows seen so far, scaled by size for the others (see _search_pass)
+        self._graph_rate, self._graph_measured_len, self._graph_budget = 0.0, 0, 0.0
 
         t = cfg.train
         self.optimizer = torch.optim.AdamW(
@@ -623,6 +627,11 @@ class Trainer:
         if not samples:  # partial rollouts: no group finished this step
             return {"offpolicy/updates": 0, "train/tokens": 0}
         gen = torch.Generator().manual_seed(step_seed(t.seed, self.step, salt=2))
+        # what kept graphs may hold during this step's updates (read once: on CPU it is a read
+        # of /proc/meminfo, 0.1 ms)
+        self._graph_budget = (
+            graph_budget(self.device, t.graph_memory_gb) if t.keep_graphs == "auto" else 0.0
+        )
         per_update = []
         start_version = self.version
         for _epoch in range(t.epochs):
@@ -663,10 +672,42 @@ class Trainer:
             )  # fmt: skip
         return lp
 
-    @torch.no_grad()
-    def _presearch_logprobs(self, parts) -> list[torch.Tensor]:
-        """The current log-probs of every micro-batch, no grad: BAPO's search input."""
-        return [self._logprobs(p[0]) for p in parts]
+    def _search_pass(self, parts) -> tuple[list[torch.Tensor], list[torch.Tensor], float | None]:
+        """The current log-probs of every micro-batch (BAPO's search input), the graphs kept, and
+        the bytes those hold (measured under ``auto`` only, else None).
+
+        Algorithm 1 needs the whole mini-batch before the first backward.  The first
+        micro-batches are forwarded with grad and keep their graphs for the gradient pass while
+        they fit in the graph budget (``train.keep_graphs``: ``true`` keeps all, ``false`` only
+        the first, the memory of one gradient pass; ``auto`` as many as ``graph_memory_gb``
+        holds); the rest get a no-grad forward here and a second forward later.  The first
+        graph is always kept: it is what any gradient pass holds.  Under ``auto`` a graph is
+        measured when its rows are longer than any measured before, and estimated from the
+        bytes per input element of those measured otherwise (measuring a graph on CPU costs a
+        Python call per saved tensor).  Bounds and gradients do not depend on which graphs were
+        kept (tested)."""
+        t = self.cfg.train
+        auto, budget = t.keep_graphs == "auto", self._graph_budget
+        current, kept, used = [], [], 0.0  # used: bytes the kept graphs hold
+        for k, (packed, *_rest) in enumerate(parts):
+            size = packed.input_ids.numel()
+            if k == 0 or (k == len(kept) and (t.keep_graphs is True or (
+                    auto and used + self._graph_rate * size <= budget))):  # fmt: skip
+                if auto and packed.input_ids.shape[1] > self._graph_measured_len:
+                    # rows longer than any measured so far: measure this graph
+                    lp, held = forward_with_graph_bytes(lambda p=packed: self._logprobs(p),
+                                                        self.model.parameters(), self.device)  # fmt: skip
+                    self._graph_measured_len = packed.input_ids.shape[1]
+                    self._graph_rate = max(self._graph_rate, held / size)
+                else:
+                    lp, held = self._logprobs(packed), self._graph_rate * size
+                used += held
+                kept.append(lp)
+                current.append(lp.detach())
+            else:
+                with torch.no_grad():
+                    current.append(self._logprobs(packed))
+        return current, kept, (used if auto else None)
 
     def _update_once(self, batch: list[Sample], staleness: int) -> dict:
         cfg, t = self.cfg, self.cfg.train
@@ -675,25 +716,19 @@ class Trainer:
         n_tokens = sum(int(p[0].completion_mask.sum()) for p in parts)
         count = n_tokens if cfg.algo.agg == "token-mean" else len(batch)
 
-        # Algorithm 1, lines 8-17: bounds from the whole mini-batch, before any backward.  Only
-        # BAPO needs the current log-probs of every micro-batch before the first backward (a
-        # no-grad forward pass when there are several); a fixed clip reuses the log-probs of
-        # its gradient passes for the metrics.
-        grad_lps, current, flat, bounds = None, None, None, None
-        if len(parts) == 1:
-            grad_lps = [self._logprobs(parts[0][0])]
-            current = [grad_lps[0].detach()]
-        elif isinstance(self.clip_rule, BAPOConfig) and t.keep_graphs:
-            grad_lps = [self._logprobs(p[0]) for p in parts]  # every graph kept until backward
-            current = [lp.detach() for lp in grad_lps]
-        elif isinstance(self.clip_rule, BAPOConfig):
-            current = self._presearch_logprobs(parts)
+        # Algorithm 1, lines 8-17: bounds from the whole mini-batch, before any backward.  BAPO
+        # needs the current log-probs of every micro-batch first (``_search_pass``: graphs kept
+        # where memory allows, a no-grad forward for the rest); a fixed clip needs none and its
+        # metrics reuse the log-probs of its gradient passes.
+        kept, held, flat, bounds = [], None, None, None
         if isinstance(self.clip_rule, BAPOConfig):
+            current, kept, held = self._search_pass(parts)
             flat = _flatten(current, parts)
             bounds = search_bounds(*flat, None, self.clip_rule)
             rule = FixedClip(bounds.c_low, bounds.c_high, self.clip_rule.dual_clip)
         else:
             rule = self.clip_rule
+        n_kept = len(kept)
 
         # how many policy versions old each token is at this update (its staleness)
         ages = torch.cat([(self.version - v[p.completion_mask]) for p, _, _, v in parts])
@@ -703,7 +738,10 @@ class Trainer:
         total_loss, finite = 0.0, True
         seen = []  # the log-probs of the gradient passes (a fixed clip's metrics use them)
         for k, (packed, old, adv, _ver) in enumerate(parts):
-            lp = grad_lps[k] if grad_lps is not None else self._logprobs(packed)
+            if k < len(kept):
+                lp, kept[k] = kept[k], None  # the kept graph; freed by its backward
+            else:
+                lp = self._logprobs(packed)
             seen.append(lp.detach())
             loss, _ = policy_loss(lp, old, adv, packed.completion_mask, rule, cfg.algo.agg,
                                   count=count)  # fmt: skip
@@ -743,7 +781,11 @@ class Trainer:
             "offpolicy/age_mean": float(ages.float().mean()) if ages.numel() else 0.0,
             "offpolicy/age_max": float(ages.max()) if ages.numel() else 0.0,
             "bapo/rho_search": bounds.rho if bounds is not None else st.rho,
+            "train/graphs_kept": n_kept,
+            "train/extra_forwards": len(parts) - n_kept if bounds is not None else 0,
         })  # fmt: skip
+        if held is not None:
+            rec["memory/graphs_mb"] = held / 2**20
         if bounds is not None:
             rec["bapo/search_steps"] = bounds.n_steps
             rec["bapo/search_skipped"] = float(bounds.skipped)
