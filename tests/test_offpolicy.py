@@ -21,7 +21,10 @@ def cfg_for(tmp_path, *extra):
 
 
 def stable(records):
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "speed/", "memory/"))} for r in records]
+    return [
+        {k: v for k, v in r.items() if not k.startswith(("time/", "speed/", "memory/"))}
+        for r in records
+    ]
 
 
 def sample(version: int, adv: float = 1.0) -> Sample:
