@@ -96,6 +96,7 @@ test-verl: $(VERL_VENV)/.installed
 
 bench: venv
 	$(PY) bench/bench_loss.py
+	$(PY) bench/bench_trainer_step.py
 
 clean:
 	rm -rf $(VENV) $(VERL_VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache
