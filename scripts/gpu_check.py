@@ -82,6 +82,11 @@ def run(name, model, tokenizer, task, device, overrides, out_dir) -> dict:
         "wall_s": round(wall, 1),
         "peak_gpu_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if device.startswith("cuda") else None,
+        # BAPO's search pass (train.keep_graphs=auto): graphs kept, micro-batches forwarded
+        # twice, and what the kept graphs held (allocated-memory growth on CUDA)
+        "graphs_kept": _mean(records, "train/graphs_kept"),
+        "extra_forwards": _mean(records, "train/extra_forwards"),
+        "graphs_MiB": round(_mean(records, "memory/graphs_mb"), 1),
         "metrics_finite": finite,
         "last": {k: last.get(k) for k in keys},
     }  # fmt: skip

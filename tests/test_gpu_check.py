@@ -18,4 +18,6 @@ def test_gpu_check_script_cpu_smoke(tmp_path):
     assert [x["model"] for x in lines] == ["embedded", "random-mid"]
     for x in lines:
         assert x["metrics_finite"] and x["steps"] == 1 and x["rollout_tokens_per_s"] > 0
+    mid = lines[1]  # 128 sequences in micro-batches of 32: four graphs, all kept on the host
+    assert mid["graphs_kept"] == 4 and mid["extra_forwards"] == 0 and mid["graphs_MiB"] > 0
     assert out.stdout.strip().endswith("OK")
