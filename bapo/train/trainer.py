@@ -6,7 +6,9 @@ Each step (Algorithm 1):
   3. record the behaviour log-probs ``log pi_rollout(y_t)`` of every completion token;
   4. E epochs x M mini-batches of updates on those same samples - the data grows stale by one
      policy version per update.  For BAPO the clipping bounds are searched on each whole
-     mini-batch (not per micro-batch) before its micro-batches are back-propagated.
+     mini-batch (not per micro-batch) before its micro-batches are back-propagated; the
+     graphs of the search pass's forwards serve the gradient pass where memory allows
+     (``train.keep_graphs``), so there is no second forward.
 
 Metrics of every step go to ``metrics.jsonl`` (and TensorBoard, and callbacks); every update's
 bounds go to ``updates.jsonl``, under the same step number.
