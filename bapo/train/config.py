@@ -104,8 +104,8 @@ class TrainConfig:
     # the first backward.  Each micro-batch forwarded with grad for it keeps its graph for the
     # gradient pass; the others get a no-grad forward and a second forward later.  "auto": keep
     # as many graphs as fit in graph_memory_gb (measured); true: all (the activation memory of
-    # the whole mini-batch); false: only the first (the memory of one gradient pass, up to one
-    # extra forward).  Same bounds and gradients every way.
+    # the whole mini-batch); false: only the first (the memory of one gradient pass; every other
+    # micro-batch is forwarded twice).  Same bounds and gradients every way.
     keep_graphs: bool | str = "auto"
     graph_memory_gb: float | None = None  # kept graphs' budget; None: half a GPU's free memory,
     #                                       a quarter of the host's available RAM

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -697,8 +698,10 @@ class Trainer:
                     auto and used + self._graph_rate * size <= budget))):  # fmt: skip
                 if auto and packed.input_ids.shape[1] > self._graph_measured_len:
                     # rows longer than any measured so far: measure this graph
-                    lp, held = forward_with_graph_bytes(lambda p=packed: self._logprobs(p),
-                                                        self.model.parameters(), self.device)  # fmt: skip
+                    forward = functools.partial(self._logprobs, packed)
+                    lp, held = forward_with_graph_bytes(
+                        forward, self.model.parameters(), self.device
+                    )
                     self._graph_measured_len = packed.input_ids.shape[1]
                     self._graph_rate = max(self._graph_rate, held / size)
                 else:
