@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import warnings
 
 import pytest
 import torch
@@ -666,3 +667,19 @@ def test_progress_bar_only_where_someone_watches(monkeypatch):
     bar = _progress(True, 10, 0, stream=Terminal())
     assert bar is not None and bar.total == 10
     bar.close()
+
+
+def test_resume_warns_about_every_changed_field_but_the_length_and_the_logging(tmp_path,
+                                                                             embedded_model):  # fmt: skip
+    Trainer(tiny(tmp_path, "bapo", "train.steps=1")).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a longer run with other logging: nothing to say
+        Trainer(tiny(tmp_path, "bapo", "train.steps=2", "run.save_every=5"), resume=True).train()
+    with pytest.warns(UserWarning, match="differs") as caught:
+        Trainer(tiny(tmp_path, "bapo", "train.steps=3", "train.lr=0.002", "algo.rho0=0.5"),
+                resume=True).train()  # fmt: skip
+    (message,) = [str(w.message) for w in caught if "differs" in str(w.message)]
+    assert "checkpoint-2" in message
+    lr = tiny(tmp_path).train.lr
+    assert f"train.lr: {lr} -> 0.002" in message and "algo.rho0: 0.4 -> 0.5" in message
+    assert "train.steps" not in message and "run." not in message

@@ -409,6 +409,33 @@ def _yaml_error(e: yaml.YAMLError) -> str:
     return f"malformed YAML at line {mark.line + 1}, column {mark.column + 1} ({what})"
 
 
+# what a resumed run may change without a word: where and how it logs, and how long it runs
+RESUME_FREE = ("preset", "run.", "train.steps")
+
+
+def config_changes(old_yaml: str, new: Config) -> list[str]:
+    """``field: old -> new`` for every field a resumed run changes against the config its
+    checkpoint was written with (``old_yaml``), apart from ``RESUME_FREE``."""
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "options":
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = v
+        return out
+
+    before = flat(yaml.safe_load(old_yaml) or {})
+    after = flat(yaml.safe_load(new.to_yaml()))
+    missing = "(absent)"
+    return [
+        f"{k}: {before.get(k, missing)} -> {after.get(k, missing)}"
+        for k in sorted(set(before) | set(after))
+        if not k.startswith(RESUME_FREE) and before.get(k, missing) != after.get(k, missing)
+    ]
+
+
 def _plain(x):
     if isinstance(x, tuple):
         return list(x)

@@ -54,7 +54,7 @@ from bapo.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from bapo.train.config import Config
+from bapo.train.config import Config, config_changes
 from bapo.train.graphs import forward_with_graph_bytes, graph_budget
 from bapo.train.logprobs import completion_logprobs, pack
 from bapo.train.metrics import MetricsLogger
@@ -231,6 +231,15 @@ class Trainer:
             ckpt, problems = resumable_checkpoint(self.out_dir)
             for line in problems:
                 warnings.warn(line, stacklevel=3)
+            written = ckpt / "config.yaml" if ckpt is not None else None
+            ok = written is not None and written.is_file()
+            changes = config_changes(written.read_text(), self.cfg) if ok else []
+            if changes:
+                warnings.warn(
+                    f"resuming {ckpt.name} with a config that differs from the one it was written"
+                    f" with; the run goes on with the new values: {'; '.join(changes)}",
+                    stacklevel=3,
+                )
             return ckpt
         old = checkpoint_dirs(self.out_dir)
         if old and not self.cfg.run.overwrite:
