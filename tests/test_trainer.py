@@ -683,3 +683,9 @@ def test_resume_warns_about_every_changed_field_but_the_length_and_the_logging(t
     lr = tiny(tmp_path).train.lr
     assert f"train.lr: {lr} -> 0.002" in message and "algo.rho0: 0.4 -> 0.5" in message
     assert "train.steps" not in message and "run." not in message
+
+
+def test_float16_on_cpu_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="model.dtype='float16' is not allowed on CPU"):
+        Trainer(tiny(tmp_path, "bapo", "model.dtype=float16", "model.device=cpu"))
+    assert not any(tmp_path.glob("checkpoint-*"))

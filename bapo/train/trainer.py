@@ -104,7 +104,13 @@ def resolve_device(name: str) -> torch.device:
 
 def check_dtype(name: str, device: torch.device) -> None:
     """``model.dtype`` against the device: bfloat16 (also what ``auto`` uses on CUDA) needs a GPU
-    that has it."""
+    that has it.  float16 weights on CPU are refused: the rollout fails on them (torch's sampler:
+    "probability tensor contains either inf, nan or element < 0")."""
+    if device.type == "cpu" and name == "float16":
+        raise ValueError(
+            "model.dtype='float16' is not allowed on CPU (sampling from float16 weights fails"
+            " there): use float32, auto or bfloat16"
+        )
     if device.type == "cuda" and name in ("bfloat16", "auto"):
         if not torch.cuda.is_bf16_supported():
             raise ValueError(
